@@ -1,0 +1,132 @@
+"""Manifests of the inputs under data/, with patient-level splits.
+
+Layout a user fills (then ``dvc add data``)::
+
+    data/xray/<patient_id>/*.dcm|*.png         one folder per patient, or
+    data/xray/<dataset>/data.csv + images      a dataset folder whose data.csv has image_id, patient_id
+                                                 (and optionally projection), images found by stem
+    data/ct/<patient_id>/<image> [+ label map]  see xrlib.ct
+
+Splits are drawn over patients, never images, so no patient is in two splits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from xrlib.data.xray import XRAY_SUFFIXES, read_xray
+from xrlib.errors import ConfigError, DataError
+from xrlib.io import save_png16
+
+SPLITS = ("train", "val", "test")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in XRAY_SUFFIXES)
+
+
+def list_xrays(xray_root: str | os.PathLike) -> pd.DataFrame:
+    """One row per X-ray under ``xray_root``: image_id, patient_id, dataset, path, stated_view."""
+    root = Path(xray_root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no X-ray folder; run `xrlib fetch` or place X-rays there (see README, Data)")
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        table = folder / "data.csv"
+        if table.is_file():
+            listing = pd.read_csv(table, dtype=str)
+            missing = {"image_id", "patient_id"} - set(listing.columns)
+            if missing:
+                raise DataError(f"{table}: lacks column(s) {', '.join(sorted(missing))}; add them")
+            by_stem = {p.stem: p for p in _image_files(folder)}
+            for record in listing.itertuples(index=False):
+                path = by_stem.get(record.image_id)
+                if path is None:
+                    raise DataError(f"{table}: image '{record.image_id}' has no file in {folder}; remove the row or add the image")
+                view = getattr(record, "projection", None)
+                rows.append((f"{folder.name}-{record.image_id}", f"{folder.name}-{record.patient_id}", folder.name, path,
+                             str(view).upper() if isinstance(view, str) else None))
+        else:
+            for path in _image_files(folder):
+                rows.append((f"{folder.name}-{path.stem}", folder.name, folder.name, path, None))
+    if not rows:
+        raise DataError(f"{root}: no DICOM or PNG X-rays found; run `xrlib fetch` or add images")
+    frame = pd.DataFrame(rows, columns=["image_id", "patient_id", "dataset", "source_path", "stated_view"])
+    duplicated = frame.image_id[frame.image_id.duplicated()]
+    if len(duplicated):
+        raise DataError(f"{root}: image ids occur twice ({', '.join(duplicated[:3])}); rename the files")
+    return frame
+
+
+def assign_splits(patient_ids, fractions: dict[str, float], seed: int) -> dict[str, str]:
+    """Map each patient to train/val/test by seeded shuffle; fractions must sum to 1.
+
+    With at least as many patients as non-empty splits, each such split gets at least one patient.
+    With fewer (the one-patient embedded example), every patient goes to ``train``: downstream
+    stages then hold out image regions instead, and say so.
+    """
+    if set(fractions) - set(SPLITS) or abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) < 0:
+        raise ConfigError(f"split fractions {fractions} must be non-negative over {SPLITS} and sum to 1")
+    patients = sorted(set(patient_ids))
+    wanted = [s for s in SPLITS if fractions.get(s, 0) > 0]
+    if len(patients) < len(wanted):
+        return {patient: "train" for patient in patients}
+    order = np.random.default_rng(seed).permutation(len(patients))
+    counts = {s: max(1, int(round(fractions.get(s, 0) * len(patients)))) for s in wanted}
+    counts[wanted[0]] = len(patients) - sum(counts[s] for s in wanted[1:])
+    if counts[wanted[0]] < 1:
+        raise ConfigError(f"{len(patients)} patients cannot fill splits {fractions}; lower val/test fractions")
+    labels = [s for s in wanted for _ in range(counts[s])]
+    return {patients[i]: labels[k] for k, i in enumerate(order)}
+
+
+def resize_longest_side(display: np.ndarray, max_side_px: int) -> np.ndarray:
+    """Downscale (anti-aliased) so the longest side is at most ``max_side_px``; never upscale."""
+    scale = max_side_px / max(display.shape)
+    if scale >= 1:
+        return display
+    size = (max(1, round(display.shape[0] * scale)), max(1, round(display.shape[1] * scale)))
+    tensor = torch.from_numpy(np.ascontiguousarray(display))[None, None]
+    return F.interpolate(tensor, size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
+
+
+def build_xray_manifest(xray_root: str | os.PathLike, out_dir: str | os.PathLike, project_root: str | os.PathLike,
+                        fractions: dict[str, float], seed: int, max_side_px: int,
+                        views: list[str] | None = None) -> pd.DataFrame:
+    """Read every X-ray, write it as a de-identified 16-bit display PNG, return the manifest.
+
+    Columns: image_id, patient_id, dataset, split, path (the PNG, relative to ``project_root``),
+    source_format, modality, view, rows_px, cols_px, spacing_row_mm, spacing_col_mm (of the written
+    image), p01, p99 (intensity percentiles). ``views`` keeps only the stated views (e.g. ["PA"]);
+    images whose view is not stated are kept.
+    """
+    listing = list_xrays(xray_root)
+    out_dir, project_root = Path(out_dir), Path(project_root)
+    rows = []
+    for record in listing.itertuples(index=False):
+        image = read_xray(record.source_path)
+        view = image.view_position or record.stated_view
+        if views and view is not None and view not in views:
+            continue
+        display = resize_longest_side(image.display, max_side_px)
+        factor = image.display.shape[0] / display.shape[0]
+        spacing = tuple(s * factor for s in image.pixel_spacing_mm) if image.pixel_spacing_mm else (np.nan, np.nan)
+        png = out_dir / "xray" / f"{record.image_id}.png"
+        save_png16(png, display)
+        p01, p99 = np.percentile(display, [1, 99])
+        rows.append(dict(image_id=record.image_id, patient_id=record.patient_id, dataset=record.dataset,
+                         path=str(png.relative_to(project_root)), source_format=image.source_format,
+                         modality=image.modality, view=view, rows_px=display.shape[0], cols_px=display.shape[1],
+                         spacing_row_mm=spacing[0], spacing_col_mm=spacing[1], p01=p01, p99=p99))
+    if not rows:
+        raise DataError(f"{xray_root}: no X-ray of views {views}; widen data.xray_views in params.yaml")
+    manifest = pd.DataFrame(rows)
+    splits = assign_splits(manifest.patient_id, fractions, seed)
+    manifest.insert(3, "split", manifest.patient_id.map(splits))
+    return manifest
