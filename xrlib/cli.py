@@ -11,14 +11,20 @@ from xrlib.data.fetch import fetch_default, fetch_entry
 from xrlib.data.registry import REGISTRY, get_entry
 from xrlib.errors import DataError, XRLibError
 from xrlib.paths import data_dir, project_root
+from xrlib.profiles import dvc_set_args, load_overrides, run_notebooks
+
+
+def _dvc() -> str:
+    """The dvc executable of this environment (falls back to the one on PATH)."""
+    beside = Path(sys.executable).parent / "dvc"
+    return str(beside) if beside.exists() else "dvc"
 
 
 def _commit_to_dvc_cache(project: Path) -> None:
     """Record data/ in DVC's cache (as `dvc add data` would), so `dvc status` is clean after a fetch."""
     if not (project / ".dvc").is_dir() or not (project / "data.dvc").is_file():
         return
-    dvc = Path(sys.executable).parent / "dvc"
-    result = subprocess.run([str(dvc if dvc.exists() else "dvc"), "commit", "--force", "--quiet", "data.dvc"],
+    result = subprocess.run([_dvc(), "commit", "--force", "--quiet", "data.dvc"],
                             cwd=project, capture_output=True, text=True)
     if result.returncode != 0:
         raise DataError(f"`dvc commit data.dvc` failed in {project}: {result.stderr.strip()[-300:]}")
@@ -43,6 +49,18 @@ def _registry(args: argparse.Namespace) -> None:
               f"files: {len(entry.files) or 'n/a'}\n  from: {where}\n  cite: {entry.citation}\n")
 
 
+def _experiment(args: argparse.Namespace) -> None:
+    overrides = load_overrides(args.profile)
+    command = [_dvc(), "exp", "run", "-n", args.name or args.profile, *dvc_set_args(overrides), *args.dvc_args]
+    print("+", " ".join(command), flush=True)
+    raise SystemExit(subprocess.run(command, cwd=project_root()).returncode)
+
+
+def _notebooks(args: argparse.Namespace) -> None:
+    for path in run_notebooks(args.profile, args.out, args.names):
+        print(f"executed {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xrlib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(run=_fetch)
     registry = commands.add_parser("registry", help="list the datasets the compendium knows")
     registry.set_defaults(run=_registry)
+    experiment = commands.add_parser("exp", help="run the pipeline as a DVC experiment with a profile's overrides")
+    experiment.add_argument("profile", help="smoke, paper, real-data, ... (profiles/<name>.yaml) or a YAML path")
+    experiment.add_argument("-n", "--name", help="experiment name (default: the profile's)")
+    experiment.add_argument("dvc_args", nargs=argparse.REMAINDER, help="further `dvc exp run` arguments")
+    experiment.set_defaults(run=_experiment)
+    notebooks = commands.add_parser("notebooks", help="batch-run notebooks with papermill outside DVC")
+    notebooks.add_argument("names", nargs="*", help="notebooks by number or name (default: all, in order)")
+    notebooks.add_argument("--profile", default="smoke", help="parameter profile (default: smoke)")
+    notebooks.add_argument("--out", required=True, help="folder for the executed copies")
+    notebooks.set_defaults(run=_notebooks)
     return parser
 
 

@@ -1,0 +1,111 @@
+"""Profiles: named sets of overrides of params.yaml (smoke is params.yaml itself).
+
+``profiles/<name>.yaml`` holds only what differs from the smoke profile. A profile runs either as a
+DVC experiment (:func:`dvc_set_args` turns it into ``dvc exp run -S key=value`` overrides, so
+``dvc exp show`` and ``dvc metrics diff`` compare runs) or as a papermill batch outside DVC
+(:func:`profile_params` gives the merged sections that papermill injects).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from xrlib.errors import ConfigError
+from xrlib.params import load_params
+from xrlib.paths import project_root
+
+SMOKE = "smoke"
+
+
+def profile_path(name: str, root: Path | None = None) -> Path:
+    """The overrides file of profile ``name`` (a name under profiles/ or a path to a YAML file)."""
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    path = (root or project_root()) / "profiles" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise ConfigError(f"no profile '{name}' ({path} missing); known: {', '.join([SMOKE, *known])}")
+    return path
+
+
+def load_overrides(name: str, root: Path | None = None) -> dict[str, Any]:
+    """The overrides a profile makes (empty for smoke)."""
+    if name == SMOKE:
+        return {}
+    path = profile_path(name, root)
+    overrides = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: a profile must map params sections to overrides")
+    return overrides
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """``base`` updated by ``overrides``, recursively; an override of an unknown key is an error."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if key not in merged:
+            raise ConfigError(f"profile overrides '{where}{key}', which params.yaml does not have; check the name")
+        if isinstance(value, Mapping) and isinstance(merged[key], Mapping):
+            merged[key] = deep_merge(merged[key], value, f"{where}{key}.")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def profile_params(name: str, root: Path | None = None) -> dict[str, Any]:
+    """All params sections as the profile sets them."""
+    root = root or project_root()
+    return deep_merge(load_params(root / "params.yaml"), load_overrides(name, root))
+
+
+def dvc_set_args(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``-S key.path=value`` arguments for ``dvc exp run`` (values in YAML flow style)."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            args.extend(dvc_set_args(value, f"{dotted}."))
+        else:
+            flow = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+            flow = flow[:-4].strip() if flow.endswith("\n...") or flow.endswith(" ...") else flow
+            args.extend(["-S", f"{dotted}={flow}"])
+    return args
+
+
+def notebook_paths(names: list[str] | None = None, root: Path | None = None) -> list[Path]:
+    """The stage notebooks in order, or those whose names start with one of ``names`` (e.g. "04")."""
+    every = sorted((root or project_root()).joinpath("notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not names:
+        return every
+    chosen = [p for p in every if any(p.stem == n or p.stem.startswith(f"{n}_") for n in names)]
+    unknown = [n for n in names if not any(p.stem == n or p.stem.startswith(f"{n}_") for p in every)]
+    if unknown:
+        raise ConfigError(f"no notebook {', '.join(unknown)}; choose from {', '.join(p.stem for p in every)}")
+    return chosen
+
+
+def run_notebooks(profile: str, out_dir: str | os.PathLike, names: list[str] | None = None) -> list[Path]:
+    """Execute stage notebooks with papermill outside DVC, with a profile's parameters.
+
+    Notebooks run in order (later ones read what earlier ones wrote under outputs/); executed
+    copies are written to ``out_dir``.
+    """
+    import papermill  # imported here: only batch runs need it
+
+    root = project_root()
+    parameters = profile_params(profile, root)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    executed = []
+    for notebook in notebook_paths(names, root):
+        target = out / notebook.name
+        papermill.execute_notebook(str(notebook), str(target), parameters=parameters, cwd=str(root / "notebooks"),
+                                   kernel_name="python3", progress_bar=False)
+        executed.append(target)
+    return executed
