@@ -47,9 +47,11 @@ class DatasetEntry:
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _url_files(table: str, target_folder: str) -> tuple[RegistryFile, ...]:
+def _url_files(table: str, target_folder: str, rename=None) -> tuple[RegistryFile, ...]:
+    """Files listed in a packaged ``{source: sha256}`` table, placed under ``target_folder``."""
     checksums = json.loads(resources.files("xrlib.data").joinpath("registry", table).read_text())
-    return tuple(RegistryFile(name, f"{target_folder}/{name}", digest) for name, digest in sorted(checksums.items()))
+    rename = rename or (lambda name: name)
+    return tuple(RegistryFile(name, f"{target_folder}/{rename(name)}", digest) for name, digest in sorted(checksums.items()))
 
 
 def _entries() -> dict[str, DatasetEntry]:
@@ -101,6 +103,34 @@ def _entries() -> dict[str, DatasetEntry]:
             base_url="https://raw.githubusercontent.com/ml-workgroup/covid-19-image-repository/ad7ab09",
             files=_url_files("hannover-cxr.sha256.json", "xray/hannover-cxr"),
             tags=("xray", "png"),
+        ),
+        DatasetEntry(
+            name="pyradiomics-lung-ct",
+            description="2 chest CTs (48 and 61 slices, 5 mm, HU) from the pyradiomics 3.0.1 test data; lungs are "
+            "segmented from HU (their lesion labels are not lung maps and are not fetched)",
+            licence="BSD-3 (pyradiomics)",
+            citation="van Griethuysen J.J.M. et al. Computational radiomics system to decode the radiographic "
+            "phenotype. Cancer Research 77(21):e104-e107, 2017.",
+            homepage="https://github.com/AIM-Harvard/pyradiomics",
+            kind="url",
+            base_url="https://raw.githubusercontent.com/AIM-Harvard/pyradiomics/v3.0.1/data",
+            files=_url_files("pyradiomics-lung-ct.sha256.json", "ct",
+                             lambda name: f"pyradiomics-{name.split('_')[0]}/{name}"),
+            tags=("ct",),
+        ),
+        DatasetEntry(
+            name="lidc-nodule-patches",
+            description="236 real LIDC-IDRI lung nodules as 50 mm cubes at 1 mm in HU with binary masks (.mha), "
+            "a diameter-stratified subset (5-46 mm) of the NODE21 generation baseline's patches",
+            licence="CC BY 3.0 (LIDC-IDRI); Apache-2.0 (NODE21 baseline)",
+            citation="Armato S.G. III et al. Medical Physics 38(2):915-931, 2011; Sogancioglu E. et al. NODE21 "
+            "nodule generation baseline (node21challenge/node21_generation_baseline).",
+            homepage="https://github.com/node21challenge/node21_generation_baseline",
+            kind="url",
+            base_url="https://raw.githubusercontent.com/node21challenge/node21_generation_baseline/8815e80",
+            files=_url_files("lidc-nodule-patches.sha256.json", "nodules/lidc",
+                             lambda name: name.split("/", 1)[1]),
+            tags=("nodules",),
         ),
         DatasetEntry(
             name="chestx-ray14",
