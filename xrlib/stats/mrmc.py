@@ -231,8 +231,14 @@ def or_analysis_from_aucs(auc: np.ndarray, cov: ORCovariances, modalities=None, 
 
     Cov2 - Cov3 (and Cov2 alone for single-modality intervals) is truncated at zero, as Hillis
     (2007) prescribes. With one reader only the fixed-reader analysis is defined.
+    Degenerate data (e.g. perfect readers, zero variance) give infinite or NaN statistics.
     """
-    auc = np.asarray(auc, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _or_analysis(np.asarray(auc, float), cov, modalities, readers, alpha)
+
+
+def _or_analysis(auc: np.ndarray, cov: ORCovariances, modalities, readers, alpha: float) -> ORResult:
+    """The computation of :func:`or_analysis_from_aucs`."""
     t, r = auc.shape
     modalities = list(range(t)) if modalities is None else list(modalities)
     readers = list(range(r)) if readers is None else list(readers)
