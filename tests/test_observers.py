@@ -10,7 +10,7 @@ from xrlib.errors import DataError
 from xrlib.io import save_png16
 from xrlib.observers import (
     CHOObserver, NPWObserver, detectability_index, extract_rois, gaussian_signal, laguerre_gauss_channels,
-    lumpy_background, observer_detectability, rois_from_condition_table, virtual_readings,
+    lumpy_background, observer_detectability, condition_table_from_outputs, synthetic_condition_table, rois_from_condition_table, virtual_readings,
 )
 from xrlib.stats import or_analysis
 
@@ -77,23 +77,8 @@ def test_extract_rois_and_bounds():
         extract_rois(image, [(1, 1)], 4)
 
 
-def synthetic_condition_table(folder, n_cases: int, amplitude: dict, rng) -> pd.DataFrame:
-    """Lumpy images with a Gaussian nodule (truth 1) or without (truth 0) per condition."""
-    rows = []
-    signal = gaussian_signal(32, 2.0, 1.0)
-    for case in range(n_cases):
-        truth = case % 2
-        background = lumpy_background(32, 30, 4.0, 0.05, rng) + rng.normal(size=(32, 32)) * 0.03 + 0.2
-        for condition, gain in amplitude.items():
-            path = folder / f"{condition}_{case}.png"
-            save_png16(path, np.clip(background + truth * gain * signal, 0, 1))
-            rows.append({"condition": condition, "case_id": f"c{case:03d}", "image_path": str(path),
-                         "truth": truth, "centre_row_px": 15.5, "centre_col_px": 15.5})
-    return pd.DataFrame(rows)
-
-
 def test_virtual_readers_feed_an_mrmc_analysis(tmp_path):
-    table = synthetic_condition_table(tmp_path, 60, {"faint": 0.04, "strong": 0.15}, np.random.default_rng(3))
+    table = synthetic_condition_table(tmp_path, 60, {"faint": 0.04, "strong": 0.15}, seed=3)
     roi_sets = rois_from_condition_table(table, 16)
     assert roi_sets["faint"].rois.shape == (60, 16, 16)
     readings = virtual_readings(roi_sets, n_readers=3, seed=0, internal_noise=0.2)
@@ -105,3 +90,21 @@ def test_virtual_readers_feed_an_mrmc_analysis(tmp_path):
     assert means["strong"] > 0.9
     d_prime = observer_detectability(roi_sets, seed=0).set_index(["observer", "condition"])["d_prime"]
     assert d_prime[("virtual reader CHO", "strong")] > d_prime[("virtual reader CHO", "faint")]
+
+
+def test_condition_table_from_outputs_keeps_only_complete_conditions(tmp_path):
+    nodules = pd.DataFrame({"drr_id": ["d1", "d2"], "nodule_id": [0, 0], "centre_row_px": [10, 12],
+                            "centre_col_px": [11, 9]})
+    drr, restore = tmp_path / "01_drr", tmp_path / "05_restore"
+    for drr_id in ("d1", "d2"):
+        save_png16(drr / f"{drr_id}.png", np.full((24, 24), 0.5))
+        save_png16(drr / f"{drr_id}_nodule_free.png", np.full((24, 24), 0.4))
+        save_png16(restore / f"{drr_id}_restored.png", np.full((24, 24), 0.6))  # no nodule-free restored
+    patterns = {"drr": {"folder": "drr", "present": "{drr_id}.png", "absent": "{drr_id}_nodule_free.png"},
+                "restored": {"folder": "restore", "present": "{drr_id}_restored.png",
+                             "absent": "{drr_id}_restored_nodule_free.png"}}
+    table = condition_table_from_outputs(nodules, {"drr": drr, "restore": restore}, patterns)
+    assert set(table["condition"]) == {"drr"}
+    assert list(table["truth"]) == [1, 0, 1, 0]
+    rois = rois_from_condition_table(table, 8)["drr"]
+    np.testing.assert_allclose(rois.rois[rois.truth == 0], 0.4, atol=1e-4)

@@ -360,3 +360,11 @@ def test_proportional_odds_reproduces_r_clm_on_ucla_data():
     assert_printed(result.bse.iloc[:3], [0.2658, 0.2979, 0.2606])
     ratios = odds_ratios(result)
     assert ratios.loc["pared", "odds_ratio"] == pytest.approx(np.exp(expected["logit_coef"][0]), rel=1e-3)
+
+
+def test_reproduce_published_agrees_everywhere():
+    from xrlib.stats import reproduce_published
+
+    table = reproduce_published(REFERENCE)
+    assert len(table) == 77
+    assert table["agrees"].all(), table.loc[~table["agrees"]].to_string()

@@ -235,3 +235,48 @@ def observer_detectability(roi_sets: dict[str, ROISet], seed: int, train_fractio
             rows.append({"observer": f"{VIRTUAL_READER_PREFIX} {name}", "condition": condition,
                          "d_prime": d_prime, "n_test": int((~train).sum())})
     return pd.DataFrame(rows)
+
+
+def condition_table_from_outputs(nodules: pd.DataFrame, image_folders: dict, patterns: dict) -> pd.DataFrame:
+    """ROI table (see :func:`rois_from_condition_table`) from the pipeline's images and nodules.csv.
+
+    ``nodules`` has drr_id, nodule_id, centre_row_px, centre_col_px (01_drr's table).
+    ``patterns[condition] = {"folder": key of image_folders, "present": "{drr_id}...png",
+    "absent": "{drr_id}...png"}``: the image with the nodule and the nodule-free one, read at the
+    same centre (truth 1 and 0). A condition is kept only if every file it names exists.
+    """
+    rows = []
+    for condition, pattern in patterns.items():
+        folder = image_folders[pattern["folder"]]
+        candidate = []
+        for nodule in nodules.itertuples(index=False):
+            for truth, name in ((1, pattern["present"]), (0, pattern["absent"])):
+                path = folder / name.format(drr_id=nodule.drr_id)
+                candidate.append({"condition": condition, "case_id": f"{nodule.drr_id}-{nodule.nodule_id}-{truth}",
+                                  "image_path": str(path), "truth": truth, "centre_row_px": nodule.centre_row_px,
+                                  "centre_col_px": nodule.centre_col_px})
+        if candidate and all(pd.io.common.file_exists(row["image_path"]) for row in candidate):
+            rows.extend(candidate)
+    return pd.DataFrame(rows, columns=["condition", "case_id", "image_path", "truth", "centre_row_px", "centre_col_px"])
+
+
+def synthetic_condition_table(folder, n_cases: int, amplitude_by_condition: dict, seed: int,
+                              size_px: int = 32, nodule_sigma_px: float = 2.0) -> pd.DataFrame:
+    """Synthetic phantoms for the observers when no pipeline images exist: lumpy backgrounds with a
+    centred Gaussian nodule (odd cases) or without (even cases), one PNG per case and condition;
+    conditions differ only in the nodule's amplitude."""
+    from xrlib.io import save_png16
+
+    rng = np.random.default_rng(seed)
+    signal = gaussian_signal(size_px, nodule_sigma_px, 1.0)
+    rows = []
+    for case in range(n_cases):
+        truth = case % 2
+        background = (lumpy_background(size_px, 30, size_px / 8, 0.05, rng)
+                      + rng.normal(size=(size_px, size_px)) * 0.03 + 0.2)
+        for condition, amplitude in amplitude_by_condition.items():
+            path = folder / f"{condition}_{case:04d}.png"
+            save_png16(path, np.clip(background + truth * amplitude * signal, 0, 1))
+            rows.append({"condition": condition, "case_id": f"c{case:04d}", "image_path": str(path), "truth": truth,
+                         "centre_row_px": (size_px - 1) / 2, "centre_col_px": (size_px - 1) / 2})
+    return pd.DataFrame(rows)

@@ -289,3 +289,27 @@ class RatingWidget:
         append_answer(self.ratings_path, self.reader, self.current_case, answers)
         self.queue.pop(0)
         self._show_current()
+
+
+QUESTION_LEVELS = {q.key: ("nominal" if q.is_yes_no else "ordinal" if q.high <= 10 else "interval") for q in QUESTIONS}
+
+
+def question_agreement(ratings: pd.DataFrame) -> pd.DataFrame:
+    """Inter-reader agreement per condition and question: Krippendorff's alpha (missing allowed)
+    at the question's level (nominal yes/no, ordinal realism, interval confidence), and Fleiss'
+    kappa for the yes/no questions where every reader rated every case."""
+    from xrlib.stats import fleiss_kappa, krippendorff_alpha
+
+    rows = []
+    for condition, group in ratings.groupby("condition", sort=True):
+        for key, level in QUESTION_LEVELS.items():
+            wide = group.pivot_table(index="reader", columns="case_id", values=key, aggfunc="first")
+            row = {"condition": condition, "question": key, "level": level, "n_readers": wide.shape[0],
+                   "n_cases": wide.shape[1], "krippendorff_alpha": np.nan, "fleiss_kappa": np.nan}
+            if wide.shape[0] >= 2 and wide.notna().sum(axis=0).ge(2).any():
+                row["krippendorff_alpha"] = krippendorff_alpha(wide.to_numpy(float), level)
+                complete = wide.dropna(axis=1)
+                if level == "nominal" and complete.shape[1] > 0 and np.unique(complete).size > 1:
+                    row["fleiss_kappa"] = fleiss_kappa(complete.T.to_numpy(), categories=[0, 1]).kappa
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -345,3 +345,16 @@ def dbm_analysis(readings: pd.DataFrame) -> DBMResult:
     f_value = ms["T"] / error
     ddf = error ** 2 / (ms["TR"] ** 2 / ((t - 1) * (r - 1)))
     return DBMResult({k: float(v) for k, v in ms.items()}, f_value, t - 1, ddf, float(sps.f.sf(f_value, t - 1, ddf)))
+
+
+def or_summary(result: ORResult) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Tidy tables of an OR result: global tests, pairwise differences, per-modality CIs (all analyses)."""
+    tests, differences, cis = [], [], []
+    for test in (result.rrrc, result.frrc, result.rrfc):
+        if test is None:
+            continue
+        tests.append({"analysis": test.analysis, "statistic": test.statistic_name, "value": test.statistic,
+                      "df_num": test.df_num, "df_den": test.df_den, "p": test.p})
+        differences.append(test.differences.assign(analysis=test.analysis))
+        cis.append(test.modality_cis.assign(analysis=test.analysis))
+    return pd.DataFrame(tests), pd.concat(differences, ignore_index=True), pd.concat(cis, ignore_index=True)
