@@ -182,3 +182,18 @@ def test_ratings_folder_feeds_the_mrmc_analysis(condition_table, tmp_path):
     os.remove(folder / "key.csv")
     with pytest.raises(DataError, match="key.csv"):
         load_ratings_folder(folder)
+
+
+def test_question_agreement_identical_readers_agree_perfectly():
+    from xrlib.readerstudy import question_agreement
+
+    rows = []
+    for reader in ("r1", "r2", "r3"):
+        for case in range(6):
+            rows.append({"reader": reader, "case_id": f"c{case}", "condition": "drr", **full_answers(10 * case),
+                         "nodule_easily_visible": case % 2, "realism": 1 + case % 5})
+    table = question_agreement(pd.DataFrame(rows)).set_index("question")
+    for question in ("nodule_easily_visible", "realism", "nodule_confidence"):
+        assert table.loc[question, "krippendorff_alpha"] == pytest.approx(1.0)
+    assert table.loc["nodule_easily_visible", "fleiss_kappa"] == pytest.approx(1.0)
+    assert table.loc["realism", "level"] == "ordinal" and table.loc["nodule_confidence", "level"] == "interval"
