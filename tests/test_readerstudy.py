@@ -1,0 +1,199 @@
+"""The rating kit without a browser: deck building, the widget's callbacks, crash and resume, the validator."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import xrlib.io
+
+from xrlib import readerstudy
+from xrlib.errors import DataError
+from xrlib.io import save_png16
+from xrlib.readerstudy import (
+    QUESTION_KEYS, RATING_COLUMNS, RatingWidget, append_answer, build_deck, load_ratings_folder,
+    ratings_to_readings, read_ratings, remaining_cases, validate_ratings, write_deck,
+)
+from xrlib.stats import or_analysis
+
+CONDITIONS = ("drr", "baseline", "diffusionxray")
+
+
+@pytest.fixture()
+def condition_table(tmp_path) -> pd.DataFrame:
+    """Four source cases (two with a nodule) under three conditions, as tiny PNG files."""
+    rows = []
+    rng = np.random.default_rng(1)
+    for source in range(4):
+        reference = tmp_path / f"src{source}_drr.png"
+        for condition in CONDITIONS:
+            path = tmp_path / f"src{source}_{condition}.png"
+            save_png16(path, rng.uniform(size=(8, 8)))
+            rows.append({"source_id": f"src{source}", "condition": condition, "image_path": str(path),
+                         "truth": int(source < 2), "reference_path": str(reference)})
+    return pd.DataFrame(rows)
+
+
+def full_answers(confidence: int = 50) -> dict:
+    return {"nodule_easily_visible": 1, "nodule_confusable": 0, "lung_clarity_improved": 1,
+            "noise_increase": 0, "realism": 4, "nodule_confidence": confidence}
+
+
+def fill_widget(widget: RatingWidget, answers: dict) -> None:
+    for key, value in answers.items():
+        widget.inputs[key].value = value
+
+
+def test_deck_is_blinded_randomised_and_keyed(condition_table):
+    deck, key = build_deck(condition_table, seed=3)
+    assert list(deck.columns) == ["case_id", "image_path", "reference_path"]
+    assert deck["case_id"].is_unique and len(deck) == 12
+    # the key restores every (source, condition, truth, image) exactly once
+    restored = deck.merge(key, on="case_id")
+    pd.testing.assert_frame_equal(
+        restored.sort_values(["source_id", "condition"])[["source_id", "condition", "image_path", "truth"]].reset_index(drop=True),
+        condition_table.sort_values(["source_id", "condition"])[["source_id", "condition", "image_path", "truth"]].reset_index(drop=True),
+    )
+    again, _ = build_deck(condition_table, seed=3)
+    other, _ = build_deck(condition_table, seed=4)
+    assert list(again["image_path"]) == list(deck["image_path"])
+    assert list(other["image_path"]) != list(deck["image_path"])
+    # case ids are presentation order, so they say nothing about the condition
+    assert list(deck["case_id"]) == sorted(deck["case_id"])
+    with pytest.raises(DataError, match="truth"):
+        build_deck(condition_table.assign(truth=2), seed=0)
+
+
+def test_widget_records_answers_through_its_callbacks(condition_table, tmp_path):
+    deck, key = build_deck(condition_table, seed=0)
+    ratings_path = tmp_path / "ratings" / "reader_a.csv"
+    widget = RatingWidget(deck, ratings_path, reader="a")
+    first = widget.current_case
+    assert first == deck["case_id"].iloc[0]
+    assert bytes(widget.image.value).startswith(b"\x89PNG") and bytes(widget.reference.value).startswith(b"\x89PNG")
+
+    widget.submit_button.click()  # nothing answered: refused, nothing written
+    assert not ratings_path.exists() and "Please answer" in widget.status.value
+
+    fill_widget(widget, full_answers(80))
+    widget.submit_button.click()
+    saved = read_ratings(ratings_path)
+    assert list(saved.columns) == list(RATING_COLUMNS)
+    assert saved.loc[0, "case_id"] == first and saved.loc[0, "nodule_confidence"] == "80"
+    assert widget.current_case == deck["case_id"].iloc[1]
+    # the form is reset for the next case: a yes/no left unanswered is refused
+    widget.submit_button.click()
+    assert len(read_ratings(ratings_path)) == 1
+
+
+def test_widget_resumes_after_a_crash_and_finishes(condition_table, tmp_path, monkeypatch):
+    deck, _ = build_deck(condition_table, seed=0)
+    ratings_path = tmp_path / "reader_b.csv"
+    widget = RatingWidget(deck, ratings_path, reader="b")
+    for _ in range(2):
+        fill_widget(widget, full_answers())
+        widget.submit_button.click()
+    before = ratings_path.read_bytes()
+
+    # the write of the third answer dies before its final rename: the file keeps its two rows
+    def crash(*_args):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(xrlib.io.os, "replace", crash)
+    fill_widget(widget, full_answers())
+    widget.submit_button.click()  # ipywidgets logs the callback's OSError
+    monkeypatch.undo()
+    assert ratings_path.read_bytes() == before
+    assert [p.name for p in tmp_path.glob(".reader_b*")] == []  # no temporary file left behind
+
+    resumed = RatingWidget(deck, ratings_path, reader="b")
+    assert resumed.current_case == deck["case_id"].iloc[2]
+    assert remaining_cases(deck, ratings_path) == list(deck["case_id"].iloc[2:])
+    while resumed.current_case is not None:
+        fill_widget(resumed, full_answers())
+        resumed.submit_button.click()
+    assert resumed.submit_button.disabled and "all 12 cases rated" in resumed.status.value
+    good, problems = validate_ratings(read_ratings(ratings_path), deck)
+    assert len(good) == 12 and problems.empty
+
+
+def test_append_is_atomic_replace(tmp_path):
+    path = tmp_path / "r.csv"
+    append_answer(path, "a", "case001", full_answers())
+    append_answer(path, "a", "case002", full_answers())
+    assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]  # no temporary files left behind
+    assert list(read_ratings(path)["case_id"]) == ["case001", "case002"]
+    with pytest.raises(DataError, match="realism"):
+        append_answer(path, "a", "case003", {**full_answers(), "realism": 9})
+
+
+def test_validator_names_every_bad_row_and_keeps_every_good_one(condition_table, tmp_path):
+    deck, _ = build_deck(condition_table, seed=0)
+    ids = list(deck["case_id"])
+    good_rows = [{"reader": "c", "case_id": case, "answered_at": "t", **full_answers(10 * i)} for i, case in enumerate(ids[:5])]
+    bad_rows = [
+        {"reader": "c", "case_id": "case999", "answered_at": "t", **full_answers()},           # unknown case
+        {"reader": "c", "case_id": ids[5], "answered_at": "t", **{**full_answers(), "realism": 6}},  # out of range
+        {"reader": "c", "case_id": ids[6], "answered_at": "t", **{**full_answers(), "noise_increase": "maybe"}},
+        {"reader": "c", "case_id": ids[7], "answered_at": "t", **{**full_answers(), "nodule_confidence": ""}},
+        {"reader": "c", "case_id": ids[0], "answered_at": "t", **full_answers(99)},             # duplicate
+    ]
+    frame = pd.DataFrame(good_rows[:3] + bad_rows + good_rows[3:], columns=list(RATING_COLUMNS)).astype(str)
+    path = tmp_path / "reader_c.csv"
+    frame.to_csv(path, index=False)
+    good, problems = validate_ratings(read_ratings(path), deck, source=path.name)
+    assert list(good["case_id"]) == ids[:5]
+    assert list(good["nodule_confidence"]) == [0, 10, 20, 30, 40]
+    assert list(problems["line"]) == [5, 6, 7, 8, 9]
+    texts = list(problems["problem"])
+    assert "unknown case 'case999'" in texts[0]
+    assert "realism='6' is outside" in texts[1]
+    assert "noise_increase='maybe' is not a number" in texts[2]
+    assert "nodule_confidence is missing" in texts[3]
+    assert texts[4] == "duplicate of line 2"
+    with pytest.raises(DataError, match="lacks columns"):
+        validate_ratings(frame.drop(columns="realism"), deck)
+
+
+def test_ratings_folder_feeds_the_mrmc_analysis(condition_table, tmp_path):
+    deck, key = build_deck(condition_table, seed=5)
+    folder = tmp_path / "ratings"
+    write_deck(deck, key, folder)
+    (folder / "deck.csv").unlink()
+    truth = deck.merge(key, on="case_id")
+    for reader in ("r1", "r2"):
+        for row in truth.itertuples():
+            undecided = reader == "r2" and row.condition == "drr"
+            confidence = 50 if undecided else (80 if row.truth else 20)
+            append_answer(folder / f"{reader}.csv", reader, row.case_id, full_answers(confidence))
+    ratings, problems, _ = load_ratings_folder(folder)
+    assert problems.empty and len(ratings) == 24
+    readings = ratings_to_readings(ratings)
+    assert set(readings["modality"]) == set(CONDITIONS)
+    result = or_analysis(readings)
+    # both readers separate perfectly, except r2 on the DRRs, where every case got the same rating
+    expected = pd.DataFrame(1.0, index=sorted(CONDITIONS), columns=["r1", "r2"])
+    expected.loc["drr", "r2"] = 0.5
+    np.testing.assert_array_equal(result.auc.to_numpy(), expected.to_numpy())
+    assert load_ratings_folder(tmp_path / "nowhere")[0].empty
+    os.remove(folder / "key.csv")
+    with pytest.raises(DataError, match="key.csv"):
+        load_ratings_folder(folder)
+
+
+def test_question_agreement_identical_readers_agree_perfectly():
+    from xrlib.readerstudy import question_agreement
+
+    rows = []
+    for reader in ("r1", "r2", "r3"):
+        for case in range(6):
+            rows.append({"reader": reader, "case_id": f"c{case}", "condition": "drr", **full_answers(10 * case),
+                         "nodule_easily_visible": case % 2, "realism": 1 + case % 5})
+    table = question_agreement(pd.DataFrame(rows)).set_index("question")
+    for question in ("nodule_easily_visible", "realism", "nodule_confidence"):
+        assert table.loc[question, "krippendorff_alpha"] == pytest.approx(1.0)
+    assert table.loc["nodule_easily_visible", "fleiss_kappa"] == pytest.approx(1.0)
+    assert table.loc["realism", "level"] == "ordinal" and table.loc["nodule_confidence", "level"] == "interval"

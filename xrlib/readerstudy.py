@@ -1,0 +1,315 @@
+"""Reader-study kit: a blinded, randomised deck, a rating widget, and the ratings-file schema.
+
+A *deck* shows cases in random order under opaque ids; the *key* (kept from the readers) maps each
+case id back to its condition (raw DRR, baseline-restored, DiffusionXRay-restored, ...), its
+source image and its truth (nodule present or not). Each reader's answers go to one CSV, one row
+per case, rewritten atomically after every answer, so a crash loses at most the answer being
+given and the widget resumes at the first unanswered case. :func:`validate_ratings` names every
+bad row and keeps every good one.
+
+The questions are the paper's (nodule easily visible; nodule confusable with bones, leads or
+buttons; lung-field clarity improved; significant noise increase), a 5-point realism rating and a
+0-100 confidence that a nodule is present (the ROC rating).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from xrlib.errors import DataError
+from xrlib.io import load_png, write_bytes_atomic, write_csv_atomic
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question of the rating form: yes/no (0/1) or an integer scale [low, high]."""
+
+    key: str
+    text: str
+    low: int = 0
+    high: int = 1
+
+    @property
+    def is_yes_no(self) -> bool:
+        return (self.low, self.high) == (0, 1)
+
+
+QUESTIONS = (
+    Question("nodule_easily_visible", "Is the nodule easily visible?"),
+    Question("nodule_confusable", "Could the nodule be confused with bones, leads or buttons?"),
+    Question("lung_clarity_improved", "Is the clarity of the lung fields improved (vs the reference)?"),
+    Question("noise_increase", "Is there a significant increase in noise (vs the reference)?"),
+    Question("realism", "How realistic is this radiograph? (1 = clearly synthetic, 5 = indistinguishable from real)", 1, 5),
+    Question("nodule_confidence", "Confidence that a nodule is present (0 = surely absent, 100 = surely present)", 0, 100),
+)
+QUESTION_KEYS = tuple(q.key for q in QUESTIONS)
+RATING_COLUMNS = ("reader", "case_id", "answered_at", *QUESTION_KEYS)
+CONDITION_COLUMNS = ("source_id", "condition", "image_path", "truth")
+
+
+def build_deck(conditions: pd.DataFrame, seed: int, id_prefix: str = "case") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A blinded deck and its hidden key from a condition table.
+
+    ``conditions`` has one row per image to rate: ``source_id`` (the underlying case, shared by
+    its versions under each condition), ``condition``, ``image_path``, ``truth`` (1 nodule
+    present, 0 absent) and optionally ``reference_path`` (shown beside it for the comparative
+    questions). Returns ``deck`` (case_id, image_path, reference_path: what readers see, in
+    presentation order) and ``key`` (case_id, source_id, condition, truth).
+    """
+    missing = [c for c in CONDITION_COLUMNS if c not in conditions.columns]
+    if missing:
+        raise DataError(f"condition table lacks columns {missing}; need {list(CONDITION_COLUMNS)}")
+    if conditions.duplicated(["source_id", "condition"]).any():
+        raise DataError("condition table lists a (source_id, condition) pair twice; each image once")
+    if not conditions["truth"].isin([0, 1]).all():
+        raise DataError("condition table: truth must be 0 (no nodule) or 1 (nodule)")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(conditions))
+    shuffled = conditions.iloc[order].reset_index(drop=True)
+    width = max(3, len(str(len(shuffled))))
+    case_ids = [f"{id_prefix}{i + 1:0{width}d}" for i in range(len(shuffled))]
+    reference = shuffled["reference_path"] if "reference_path" in shuffled else pd.Series([""] * len(shuffled))
+    deck = pd.DataFrame({"case_id": case_ids, "image_path": shuffled["image_path"].astype(str),
+                         "reference_path": reference.fillna("").astype(str).to_numpy()})
+    key = pd.DataFrame({"case_id": case_ids, "source_id": shuffled["source_id"].to_numpy(),
+                        "condition": shuffled["condition"].to_numpy(), "truth": shuffled["truth"].astype(int).to_numpy()})
+    return deck, key
+
+
+def write_deck(deck: pd.DataFrame, key: pd.DataFrame, folder: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``deck.csv`` (for readers) and ``key.csv`` (for the analyst) atomically into ``folder``."""
+    folder = Path(folder)
+    return write_csv_atomic(folder / "deck.csv", deck), write_csv_atomic(folder / "key.csv", key)
+
+
+def read_ratings(path: str | os.PathLike) -> pd.DataFrame:
+    """A reader's ratings CSV as strings (empty frame with the schema's columns if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=list(RATING_COLUMNS))
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in RATING_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: ratings file lacks columns {missing}; expected {list(RATING_COLUMNS)}")
+    return frame
+
+
+def append_answer(path: str | os.PathLike, reader: str, case_id: str, answers: dict) -> Path:
+    """Append one case's answers to the reader's CSV; the whole file is replaced atomically."""
+    problems = answer_problems(answers)
+    if problems:
+        raise DataError(f"answers for {case_id}: {'; '.join(problems)}")
+    path = Path(path)
+    row = {"reader": reader, "case_id": case_id,
+           "answered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           **{key: int(answers[key]) for key in QUESTION_KEYS}}
+    line = pd.DataFrame([row], columns=list(RATING_COLUMNS)).to_csv(index=False, header=not path.exists())
+    existing = path.read_bytes() if path.exists() else b""
+    if existing and not existing.endswith(b"\n"):
+        existing += b"\n"
+    return write_bytes_atomic(path, existing + line.encode("utf-8"))
+
+
+def answer_problems(answers: dict) -> list[str]:
+    """What is wrong with one set of answers (missing, not an integer, out of range); empty if fine."""
+    problems = []
+    for question in QUESTIONS:
+        value = answers.get(question.key)
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            problems.append(f"{question.key} is missing")
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            problems.append(f"{question.key}={value!r} is not a number")
+            continue
+        if number != int(number) or not question.low <= number <= question.high:
+            problems.append(f"{question.key}={value!r} is outside the integers {question.low}..{question.high}")
+    return problems
+
+
+def remaining_cases(deck: pd.DataFrame, ratings_path: str | os.PathLike) -> list[str]:
+    """Case ids of the deck not yet answered in the ratings file, in presentation order."""
+    answered = set(read_ratings(ratings_path)["case_id"])
+    return [case for case in deck["case_id"] if case not in answered]
+
+
+def validate_ratings(ratings: pd.DataFrame, deck: pd.DataFrame, source: str = "ratings") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a ratings table into good rows (typed) and problems naming every bad row.
+
+    A row is bad if its case is not in the deck, any answer is missing or out of range, or it
+    repeats an earlier row's (reader, case) (the first is kept). ``problems`` has the file line
+    (header = line 1), reader, case_id and what is wrong.
+    """
+    missing = [c for c in RATING_COLUMNS if c not in ratings.columns]
+    if missing:
+        raise DataError(f"{source}: lacks columns {missing}; expected {list(RATING_COLUMNS)}")
+    known = set(deck["case_id"])
+    seen: dict[tuple, int] = {}
+    good_rows, problems = [], []
+    for position, row in enumerate(ratings.to_dict("records")):
+        line = position + 2
+        issues = []
+        if row["case_id"] not in known:
+            issues.append(f"unknown case {row['case_id']!r}")
+        issues += answer_problems(row)
+        identity = (row["reader"], row["case_id"])
+        if not issues and identity in seen:
+            issues.append(f"duplicate of line {seen[identity]}")
+        if issues:
+            problems.append({"source": source, "line": line, "reader": row["reader"], "case_id": row["case_id"],
+                             "problem": "; ".join(issues)})
+            continue
+        seen[identity] = line
+        good_rows.append(row)
+    good = pd.DataFrame(good_rows, columns=list(RATING_COLUMNS))
+    good[list(QUESTION_KEYS)] = good[list(QUESTION_KEYS)].astype(float).astype(int)
+    problem_table = pd.DataFrame(problems, columns=["source", "line", "reader", "case_id", "problem"])
+    return good, problem_table
+
+
+def load_ratings_folder(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Validated human ratings from a folder holding ``key.csv`` and one ``*.csv`` per reader.
+
+    Returns (ratings joined with the key: source_id, condition, truth; problems; key). An absent
+    or empty folder gives empty tables.
+    """
+    folder = Path(folder)
+    key_path = folder / "key.csv"
+    reader_files = sorted(p for p in folder.glob("*.csv") if p.name not in ("key.csv", "deck.csv")) if folder.is_dir() else []
+    if not reader_files:
+        empty = pd.DataFrame(columns=[*RATING_COLUMNS, "source_id", "condition", "truth"])
+        return empty, pd.DataFrame(columns=["source", "line", "reader", "case_id", "problem"]), pd.DataFrame()
+    if not key_path.exists():
+        raise DataError(f"{folder}: ratings need the deck's key.csv beside them (from write_deck)")
+    key = pd.read_csv(key_path, dtype={"case_id": str})
+    good, problems = [], []
+    for path in reader_files:
+        rows, issues = validate_ratings(read_ratings(path), key, source=path.name)
+        good.append(rows)
+        problems.append(issues)
+    ratings = pd.concat(good, ignore_index=True).merge(key, on="case_id", how="left")
+    return ratings, pd.concat(problems, ignore_index=True), key
+
+
+def ratings_to_readings(ratings: pd.DataFrame, rating: str = "nodule_confidence") -> pd.DataFrame:
+    """Long MRMC table (reader, modality, case, truth, rating) from ratings joined with the key.
+
+    Modality is the condition and case the source image, so one case is read in every condition.
+    """
+    return pd.DataFrame({"reader": ratings["reader"], "modality": ratings["condition"],
+                         "case": ratings["source_id"], "truth": ratings["truth"].astype(int),
+                         "rating": ratings[rating].astype(float)})
+
+
+def display_png_bytes(path: str | os.PathLike, max_size_px: int = 1024) -> bytes:
+    """An image file as 8-bit PNG bytes for the widget (greyscale, longest side at most max_size_px)."""
+    image = Image.fromarray(np.round(load_png(path) * 255).astype(np.uint8))
+    image.thumbnail((max_size_px, max_size_px))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class RatingWidget:
+    """A JupyterLab form that shows one case at a time and records the answers.
+
+    ``RatingWidget(deck, "ratings/reader_a.csv", reader="a").show()`` in a notebook. Every
+    submit appends the answers (atomically) and moves to the next unanswered case; starting the
+    widget again after a crash resumes where the file stops.
+    """
+
+    def __init__(self, deck: pd.DataFrame, ratings_path: str | os.PathLike, reader: str, max_size_px: int = 768):
+        import ipywidgets as widgets
+
+        self.deck = deck.set_index("case_id", drop=False)
+        self.ratings_path = Path(ratings_path)
+        self.reader = reader
+        self.max_size_px = max_size_px
+        self.queue = remaining_cases(deck, self.ratings_path)
+        self.image = widgets.Image(format="png")
+        self.reference = widgets.Image(format="png")
+        self.inputs = {}
+        for question in QUESTIONS:
+            if question.is_yes_no:
+                control = widgets.ToggleButtons(options=[("no", 0), ("yes", 1)], value=None)
+            else:
+                control = widgets.IntSlider(min=question.low, max=question.high, value=(question.low + question.high) // 2)
+            self.inputs[question.key] = control
+        self.submit_button = widgets.Button(description="Submit and next", button_style="primary")
+        self.submit_button.on_click(self._on_submit)
+        self.status = widgets.HTML()
+        form = [widgets.VBox([widgets.HTML(f"<b>{q.text}</b>"), self.inputs[q.key]]) for q in QUESTIONS]
+        self.container = widgets.VBox([
+            self.status,
+            widgets.HBox([widgets.VBox([widgets.HTML("case"), self.image]),
+                          widgets.VBox([widgets.HTML("reference"), self.reference])]),
+            *form, self.submit_button,
+        ])
+        self._show_current()
+
+    @property
+    def current_case(self) -> str | None:
+        """The case on screen (None when the deck is finished)."""
+        return self.queue[0] if self.queue else None
+
+    def show(self):
+        """The widget tree, for display in a notebook."""
+        return self.container
+
+    def _show_current(self) -> None:
+        done = len(self.deck) - len(self.queue)
+        if self.current_case is None:
+            self.status.value = f"Reader {self.reader}: all {len(self.deck)} cases rated. Thank you."
+            self.submit_button.disabled = True
+            return
+        entry = self.deck.loc[self.current_case]
+        self.image.value = display_png_bytes(entry["image_path"], self.max_size_px)
+        reference = entry.get("reference_path", "")
+        self.reference.value = display_png_bytes(reference, self.max_size_px) if reference else b""
+        for question in QUESTIONS:
+            control = self.inputs[question.key]
+            control.value = None if question.is_yes_no else (question.low + question.high) // 2
+        self.status.value = f"Reader {self.reader}: case {done + 1} of {len(self.deck)} ({self.current_case})"
+
+    def _on_submit(self, _button=None) -> None:
+        answers = {key: control.value for key, control in self.inputs.items()}
+        problems = answer_problems(answers)
+        if problems:
+            self.status.value = "Please answer every question: " + "; ".join(problems)
+            return
+        append_answer(self.ratings_path, self.reader, self.current_case, answers)
+        self.queue.pop(0)
+        self._show_current()
+
+
+QUESTION_LEVELS = {q.key: ("nominal" if q.is_yes_no else "ordinal" if q.high <= 10 else "interval") for q in QUESTIONS}
+
+
+def question_agreement(ratings: pd.DataFrame) -> pd.DataFrame:
+    """Inter-reader agreement per condition and question: Krippendorff's alpha (missing allowed)
+    at the question's level (nominal yes/no, ordinal realism, interval confidence), and Fleiss'
+    kappa for the yes/no questions where every reader rated every case."""
+    from xrlib.stats import fleiss_kappa, krippendorff_alpha
+
+    rows = []
+    for condition, group in ratings.groupby("condition", sort=True):
+        for key, level in QUESTION_LEVELS.items():
+            wide = group.pivot_table(index="reader", columns="case_id", values=key, aggfunc="first")
+            row = {"condition": condition, "question": key, "level": level, "n_readers": wide.shape[0],
+                   "n_cases": wide.shape[1], "krippendorff_alpha": np.nan, "fleiss_kappa": np.nan}
+            if wide.shape[0] >= 2 and wide.notna().sum(axis=0).ge(2).any():
+                row["krippendorff_alpha"] = krippendorff_alpha(wide.to_numpy(float), level)
+                complete = wide.dropna(axis=1)
+                if level == "nominal" and complete.shape[1] > 0 and np.unique(complete).size > 1:
+                    row["fleiss_kappa"] = fleiss_kappa(complete.T.to_numpy(), categories=[0, 1]).kappa
+            rows.append(row)
+    return pd.DataFrame(rows)
