@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -693,7 +694,9 @@ def frechet_and_kernel_distance(
         raise DataError("FID/KID need at least 2 images in each set")
     subset_size = kid_subset_size or min(len(real), len(generated))
     fid = FrechetInceptionDistance(feature=feature_extractor)
-    kid = KernelInceptionDistance(feature=feature_extractor, subsets=kid_subsets, subset_size=subset_size)
+    with warnings.catch_warnings():  # torchmetrics warns that KID keeps all features: intended here
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        kid = KernelInceptionDistance(feature=feature_extractor, subsets=kid_subsets, subset_size=subset_size)
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(seed)
         for metric in (fid, kid):
