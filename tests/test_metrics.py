@@ -420,7 +420,7 @@ def test_real_xrays_are_sharper_and_spectrally_closer_than_their_blurred_copy():
     folder = hannover_folder()
     listing = pd.read_csv(folder / "data.csv").query("projection == 'pa'").head(16)
     paths = [folder / "png" / f"{image_id}.png" for image_id in listing["image_id"]]
-    real = metrics.load_image_batch(paths, size_hw=(256, 256))
+    real = metrics.load_image_batch(paths, size_px=256)
     blurred = batch(np.stack([ndimage.gaussian_filter(image, 2.0) for image in real[:, 0].numpy()]))
     half_a, half_b = real[:8], real[8:]
     _, power_a = metrics.radial_power_spectrum(half_a)
@@ -433,3 +433,49 @@ def test_real_xrays_are_sharper_and_spectrally_closer_than_their_blurred_copy():
     assert real_noise.mean_frequency_cycles_per_px > blurred_noise.mean_frequency_cycles_per_px
     # Blurring barely moves the intensity histogram: the histogram alone cannot tell the sets apart.
     assert metrics.intensity_wasserstein(blurred, real) < 0.02
+
+
+# ---------------------------------------------------------------------------------- stage drivers
+
+
+def test_quality_table_from_pairs_on_a_synthetic_layout(tmp_path: Path):
+    from xrlib.io import save_png16
+
+    rng = np.random.default_rng(13)
+    rows = []
+    for index, (generator, patient) in enumerate([("munit", "p1"), ("munit", "p2"), ("ddpm", "p1"), ("bicubic", "p1")]):
+        pair_id = f"{generator}-img{index}"
+        hq = rng.uniform(0.2, 0.7, (64, 64))
+        save_png16(tmp_path / "pairs" / "hq" / f"{pair_id}.png", hq)
+        save_png16(tmp_path / "pairs" / generator / f"{pair_id}.png", hq.reshape(32, 2, 32, 2).mean(axis=(1, 3)))
+        save_png16(tmp_path / "restorer" / "exact" / f"{pair_id}.png", hq)
+        save_png16(tmp_path / "restorer" / "offset" / f"{pair_id}.png", hq + 0.1)
+        rows.append((pair_id, patient, "test", generator, f"pairs/{generator}/{pair_id}.png", f"pairs/hq/{pair_id}.png"))
+    rows.append(("munit-train", "p3", "train", "munit", "nowhere.png", "nowhere.png"))
+    pairs = pd.DataFrame(rows, columns=["pair_id", "patient_id", "split", "generator", "lq_path", "hq_path"])
+    patterns = {"diffusionxray": "restorer/exact/{pair_id}.png", "bicubic_baseline": "restorer/offset/{pair_id}.png"}
+    table = metrics.quality_table_from_pairs(pairs, patterns, tmp_path)
+    assert len(table) == 3 * 3  # 3 test pairs from munit/ddpm x (LQ input + 2 methods)
+    by_method = table.groupby("method")
+    assert np.isinf(by_method.get_group("diffusionxray")["psnr_db"]).all()
+    assert by_method.get_group("diffusionxray")["ssim"].to_numpy() == pytest.approx(1.0, abs=1e-6)
+    assert by_method.get_group("bicubic_baseline")["psnr_db"].to_numpy() == pytest.approx(20.0, abs=0.01)
+    assert (by_method.get_group("lq_input")["psnr_db"] < 40).all()
+    assert set(table["degradation"]) == {"munit", "ddpm"}
+    with pytest.raises(DataError, match="3 of 3 restored test images of 'missing'"):
+        metrics.quality_table_from_pairs(pairs, {"missing": "nowhere/{pair_id}.png"}, tmp_path)
+
+
+def test_nodule_table_on_an_enlarged_restored_grid():
+    drr, nodule_free, _ = nodule_scene(noise=0.0, size=64, centre=(31.5, 31.5), radius=5.0)
+    restored = metrics.resize_images(metrics.batch_of(drr), (128, 128), "bicubic")[0, 0].numpy()
+    scaled = metrics.scale_nodule_coordinates(pd.DataFrame({"centre_row_px": [10.0], "centre_col_px": [0.0],
+        "bbox_row0": [8], "bbox_col0": [0], "bbox_row1": [12], "bbox_col1": [3]}), 2.0)
+    assert scaled.iloc[0].tolist() == [20.5, 0.5, 16, 0, 24, 6]
+    nodules = pd.DataFrame([("d1", 1, 31.5, 31.5, 27, 27, 37, 37)], columns=list(metrics.NODULE_COLUMNS))
+    noisy_background = nodule_free + np.random.default_rng(2).normal(0, 0.01, nodule_free.shape)
+    table = metrics.nodule_preservation_table(nodules, lambda drr_id: (drr + noisy_background - nodule_free, noisy_background, restored))
+    row = table.iloc[0]
+    assert row["grid_scale"] == 2.0 and row["radius_px"] == 10.0 and row["centre_row_px"] == 31.5
+    assert row["contrast_restored"] == pytest.approx(row["contrast_drr"], abs=0.02) and not row["lost"]
+    assert row["peak_shift_px"] < 1.0

@@ -71,36 +71,51 @@ def _as_numpy(images: torch.Tensor, name: str = "images") -> np.ndarray:
     return _check_batch(images, name)[:, 0].detach().cpu().double().numpy()
 
 
-def load_image_batch(paths: Sequence[str | os.PathLike], size_hw: tuple[int, int] | None = None) -> torch.Tensor:
-    """Load greyscale PNGs as one (B, 1, H, W) batch in [0, 1], resized to ``size_hw`` if given.
+def load_image_batch(paths: Sequence[str | os.PathLike], size_px: int | None = None) -> torch.Tensor:
+    """Load greyscale PNGs as one (B, 1, H, W) batch in [0, 1].
 
-    Without ``size_hw`` every image must have the same shape (a DataError names the odd one).
+    With ``size_px`` each image is centre-cropped to a square (its shorter side) and resized to
+    ``size_px`` x ``size_px`` (no anisotropic stretching, which would distort spectra); without
+    it every image must have the same shape (a DataError names the odd one).
     """
     if len(paths) == 0:
         raise DataError("load_image_batch got no paths; check the manifest it was built from")
     images = []
     for path in paths:
         image = torch.from_numpy(load_png(path))[None, None]
-        if size_hw is not None:
-            image = resize_images(image, size_hw)
+        if size_px is not None:
+            side = min(image.shape[-2:])
+            top, left = (image.shape[-2] - side) // 2, (image.shape[-1] - side) // 2
+            image = resize_images(image[..., top : top + side, left : left + side], (size_px, size_px))
         elif images and image.shape != images[0].shape:
             raise DataError(
                 f"{path}: shape {tuple(image.shape[-2:])} differs from {tuple(images[0].shape[-2:])}; "
-                "pass size_hw to resize the batch to one shape"
+                "pass size_px to bring the batch to one square grid"
             )
         images.append(image)
     return torch.cat(images)
 
 
-def resize_images(images: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """Resize a (B, 1, H, W) batch to ``size_hw`` with antialiased bilinear interpolation."""
+def resize_images(images: torch.Tensor, size_hw: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize a (B, 1, H, W) batch to ``size_hw`` (antialiased ``bilinear`` or ``bicubic``), clipped to [0, 1]."""
     images = _check_batch(images)
     if tuple(images.shape[-2:]) == tuple(size_hw):
         return images
+    if mode not in ("bilinear", "bicubic"):
+        raise ConfigError(f"resize mode '{mode}' is not one of bilinear, bicubic")
     resized = torch.nn.functional.interpolate(
-        images, size=tuple(size_hw), mode="bilinear", align_corners=False, antialias=True
+        images, size=tuple(size_hw), mode=mode, align_corners=False, antialias=True
     )
     return resized.clamp(0.0, DATA_RANGE)
+
+
+def _missing_files(paths: Sequence[Path], what: str) -> None:
+    """Raise a DataError naming how many of ``paths`` are absent, and the first few."""
+    missing = [str(path) for path in paths if not Path(path).is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(paths)} {what} are missing, e.g. {missing[:3]}; run the stage that makes them"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,6 +205,48 @@ def image_quality_table(
     table["ssim"] = ssim(restored, reference).numpy()
     table["ms_ssim"] = ms_ssim(restored, reference).numpy()
     return table
+
+
+def quality_table_from_pairs(
+    pairs: pd.DataFrame,
+    restored_patterns: Mapping[str, str],
+    root: Path,
+    split: str = "test",
+    degradations: Sequence[str] = ("munit", "ddpm"),
+) -> pd.DataFrame:
+    """Per-image PSNR/SSIM/MS-SSIM of every method on the held-out pairs (the paper's table).
+
+    ``pairs`` is the pairs manifest (pair_id, patient_id, split, generator, lq_path, hq_path;
+    paths relative to ``root``). The rows of ``split`` whose generator is in ``degradations``
+    are scored against their HQ image: ``lq_input`` is the LQ image brought to the HQ grid by
+    bicubic interpolation; each method in ``restored_patterns`` reads ``pattern.format(pair_id=...,
+    generator=...)`` (relative to ``root``), which must already be on the HQ grid.
+    """
+    required = {"pair_id", "patient_id", "split", "generator", "lq_path", "hq_path"}
+    if not required <= set(pairs.columns):
+        raise DataError(f"pairs manifest lacks columns {sorted(required - set(pairs.columns))}")
+    chosen = pairs[(pairs["split"] == split) & pairs["generator"].isin(list(degradations))]
+    if chosen.empty:
+        raise DataError(f"the pairs manifest has no '{split}' rows made by {list(degradations)}")
+    restored_paths = {
+        method: [root / pattern.format(pair_id=row.pair_id, generator=row.generator) for row in chosen.itertuples()]
+        for method, pattern in restored_patterns.items()
+    }
+    for method, paths in restored_paths.items():
+        _missing_files(paths, f"restored test images of '{method}'")
+    _missing_files([root / p for p in chosen["hq_path"]] + [root / p for p in chosen["lq_path"]], "pair images")
+    tables = []
+    for index, row in enumerate(chosen.itertuples()):
+        hq = load_image_batch([root / row.hq_path])
+        candidates = {"lq_input": resize_images(load_image_batch([root / row.lq_path]), tuple(hq.shape[-2:]), "bicubic")}
+        candidates.update({method: load_image_batch([paths[index]]) for method, paths in restored_paths.items()})
+        for method, image in candidates.items():
+            tables.append(
+                image_quality_table(
+                    image, hq, [row.pair_id], [row.patient_id], method=method, degradation=row.generator
+                )
+            )
+    return pd.concat(tables, ignore_index=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -928,6 +985,29 @@ def nodule_preservation(
 NODULE_COLUMNS = ("drr_id", "nodule_id", "centre_row_px", "centre_col_px", "bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1")
 
 
+def scale_nodule_coordinates(nodules: pd.DataFrame, ratio: float) -> pd.DataFrame:
+    """Nodule centres and boxes on a grid ``ratio`` times finer (pixel centres at integers, boxes end-exclusive)."""
+    scaled = nodules.copy()
+    for column in ("centre_row_px", "centre_col_px"):
+        scaled[column] = (nodules[column] + 0.5) * ratio - 0.5
+    for column in ("bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1"):
+        scaled[column] = nodules[column] * ratio
+    return scaled
+
+
+def nodule_image_loader(
+    root: Path, drr_pattern: str, nodule_free_pattern: str, restored_pattern: str
+) -> Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``load_images(drr_id)`` for :func:`nodule_preservation_table`; patterns take ``{drr_id}``, relative to ``root``."""
+
+    def load_images(drr_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        paths = [root / pattern.format(drr_id=drr_id) for pattern in (drr_pattern, nodule_free_pattern, restored_pattern)]
+        _missing_files(paths, f"images of DRR '{drr_id}' (DRR, nodule-free DRR, restored)")
+        return tuple(load_png(path) for path in paths)
+
+    return load_images
+
+
 def nodule_preservation_table(
     nodules: pd.DataFrame,
     load_images: Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -937,19 +1017,33 @@ def nodule_preservation_table(
 ) -> pd.DataFrame:
     """:func:`nodule_preservation` for every row of ``nodules`` (the columns of 01_drr's nodules.csv).
 
-    ``load_images(drr_id)`` returns (DRR, nodule-free DRR, restored image) on one pixel grid;
-    each DRR is loaded once. Extra columns of ``nodules`` (e.g. diameter_mm) are kept.
+    ``load_images(drr_id)`` returns (DRR, nodule-free DRR, restored image); each DRR is loaded
+    once. Where the restorer enlarged the image (restored = k x the DRR's size), both DRRs are
+    brought to the restored grid by bicubic interpolation and the nodule coordinates scaled by k
+    (column ``grid_scale``), so the restoration's detail is measured at its own resolution.
+    Extra columns of ``nodules`` (e.g. diameter_mm) are kept, in DRR pixels.
     """
     missing = [column for column in NODULE_COLUMNS if column not in nodules.columns]
     if missing:
         raise DataError(f"nodule table lacks columns {missing}; it must follow 01_drr's nodules.csv")
     rows = []
     for drr_id, group in nodules.groupby("drr_id", sort=False):
-        drr, nodule_free, restored = load_images(str(drr_id))
-        for nodule in group.itertuples(index=False):
+        drr, nodule_free, restored = (_as_image_2d(image, name) for image, name in zip(load_images(str(drr_id)), ("drr", "nodule_free_drr", "restored")))
+        ratio = restored.shape[0] / drr.shape[0]
+        if not math.isclose(ratio, restored.shape[1] / drr.shape[1], rel_tol=1e-6):
+            raise DataError(f"DRR '{drr_id}' {drr.shape} and its restored image {restored.shape} differ in aspect ratio")
+        on_grid = scale_nodule_coordinates(group, ratio) if ratio != 1 else group
+        if ratio != 1:
+            drr, nodule_free = (resize_images(batch_of(image), restored.shape, "bicubic")[0, 0].double().numpy() for image in (drr, nodule_free))
+        for original, nodule in zip(group.itertuples(index=False), on_grid.itertuples(index=False)):
             radius = nodule_radius_px(nodule.bbox_row0, nodule.bbox_col0, nodule.bbox_row1, nodule.bbox_col1)
             measured = nodule_preservation(
                 drr, nodule_free, restored, nodule.centre_row_px, nodule.centre_col_px, radius, rule, n_background, seed
             )
-            rows.append({**nodule._asdict(), **measured})
+            rows.append({**original._asdict(), "grid_scale": ratio, **measured})
     return pd.DataFrame(rows)
+
+
+def batch_of(image: np.ndarray) -> torch.Tensor:
+    """One 2-D image as a (1, 1, H, W) float tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
