@@ -68,7 +68,7 @@ def test_nodule_zoom_shows_the_bbox_with_equal_aspect():
 def test_image_grid_layout_and_zoom_insets():
     image = marked_radiograph(64, 64)
     fig = figures.image_grid([[image, image, image], [image, image, image]], column_titles=["DRR", "MUNIT", "Ours"],
-                             row_titles=["case 1", "case 2"], bboxes=[(20, 20, 30, 30), None])
+                             row_titles=["case 1", "case 2"], bboxes=[[(20, 20, 30, 30)] * 3, [None] * 3])
     axes = fig.axes[:6]
     assert [ax.get_title() for ax in axes[:3]] == ["DRR", "MUNIT", "Ours"]
     assert [len(ax.child_axes) for ax in axes] == [1, 1, 1, 0, 0, 0]  # zoom insets on the first row only
@@ -112,9 +112,18 @@ def test_number_plots_draw_the_given_values():
     assert [sorted(c.get_offsets()[:, 1]) for c in points] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 
     frequency = np.linspace(0.05, 0.5, 10)
-    fig = figures.spectra_plot(frequency, {"real_xray": np.ones((3, 10)), "drr": np.full(10, 0.1)})
+    spectra = pd.concat([
+        pd.DataFrame({"set": name, "frequency_cycles_per_px": frequency, "power_mean": level, "power_p10": level / 2, "power_p90": level * 2})
+        for name, level in (("real_xray", 1.0), ("drr", 0.1))
+    ])
+    fig = figures.spectra_plot(spectra)
     assert fig.axes[0].get_yscale() == "log"
     assert fig.axes[0].lines[1].get_ydata() == pytest.approx(np.full(10, 0.1))
+
+    nodules = pd.DataFrame({"before": [1.0, 2.0, 3.0], "after": [1.1, 0.2, 3.3], "lost": [False, True, False]})
+    ax = figures.before_after_scatter(nodules, "before", "after", flag="lost").axes[0]
+    kept, lost = ax.collections
+    assert kept.get_offsets().tolist() == [[1.0, 1.1], [3.0, 3.3]] and lost.get_offsets().tolist() == [[2.0, 0.2]]
 
     rows = pd.DataFrame({"label": ["x", "y"], "mean": [1.0, 2.0], "ci_low": [0.5, 1.5], "ci_high": [1.5, 2.5], "pub": [1.2, np.nan]})
     fig = figures.forest_plot(rows, "label", published="pub")

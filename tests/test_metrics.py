@@ -479,3 +479,16 @@ def test_nodule_table_on_an_enlarged_restored_grid():
     assert row["grid_scale"] == 2.0 and row["radius_px"] == 10.0 and row["centre_row_px"] == 31.5
     assert row["contrast_restored"] == pytest.approx(row["contrast_drr"], abs=0.02) and not row["lost"]
     assert row["peak_shift_px"] < 1.0
+
+
+def test_spectra_table_and_path_sampling():
+    rng = np.random.default_rng(14)
+    sigma = 0.05
+    table = metrics.spectra_table({"noise": batch(rng.normal(0.5, sigma, (6, 64, 64)))}, n_bins=16)
+    assert list(table.columns) == ["set", "frequency_cycles_per_px", "power_mean", "power_p10", "power_p90"]
+    assert table["power_mean"].iloc[1:].mean() == pytest.approx(sigma**2, rel=0.05)
+    assert (table["power_p10"] <= table["power_mean"]).all() and (table["power_mean"] <= table["power_p90"]).all()
+    paths = [f"img{i}.png" for i in range(10)]
+    chosen = metrics.sample_paths(paths, 4, seed=1)
+    assert len(chosen) == 4 and chosen == sorted(chosen, key=lambda p: int(p.stem[3:]))
+    assert chosen == metrics.sample_paths(paths, 4, seed=1) and len(metrics.sample_paths(paths, None, 0)) == 10

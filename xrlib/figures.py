@@ -187,22 +187,27 @@ def add_nodule_zoom(
     return inset
 
 
+Box = tuple[float, float, float, float]
+
+
 def image_grid(
     rows: Sequence[Sequence[np.ndarray | torch.Tensor]],
     column_titles: Sequence[str] | None = None,
     row_titles: Sequence[str] | None = None,
-    bboxes: Sequence[tuple[float, float, float, float] | None] | None = None,
+    bboxes: Sequence[Sequence[Box | None]] | None = None,
     width: str = "double",
 ) -> plt.Figure:
-    """A gallery of radiographs, one row per case; ``bboxes[i]`` adds a nodule zoom to every image of row i.
+    """A gallery of radiographs, one row per case; ``bboxes[i][j]`` (or None) adds a nodule zoom to image (i, j).
 
-    Every image keeps square pixels; the figure's height follows the first image's aspect ratio.
+    Each box is in its own image's pixels, so images of different sizes (a DRR and its enlarged
+    restoration) keep their own coordinates. Every image keeps square pixels; the figure's height
+    follows the first image's aspect ratio.
     """
     if not rows or not rows[0]:
         raise DataError("image_grid needs at least one row with one image")
     n_rows, n_cols = len(rows), len(rows[0])
-    if any(len(row) != n_cols for row in rows):
-        raise DataError("every gallery row must hold the same number of images")
+    if any(len(row) != n_cols for row in rows) or (bboxes is not None and [len(b) for b in bboxes] != [n_cols] * n_rows):
+        raise DataError("every gallery row (and its row of boxes) must hold the same number of images")
     height, width_px = _as_display_2d(rows[0][0]).shape
     fig_width = FIGURE_WIDTH_IN[width]
     panel = fig_width / n_cols
@@ -210,8 +215,8 @@ def image_grid(
     for i, row in enumerate(rows):
         for j, image in enumerate(row):
             show_radiograph(axes[i, j], image, title=column_titles[j] if column_titles and i == 0 else None)
-            if bboxes is not None and bboxes[i] is not None:
-                add_nodule_zoom(axes[i, j], image, bboxes[i])
+            if bboxes is not None and bboxes[i][j] is not None:
+                add_nodule_zoom(axes[i, j], image, bboxes[i][j])
         if row_titles:
             axes[i, 0].text(-0.04, 0.5, row_titles[i], transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center")
     fig.subplots_adjust(wspace=0.02, hspace=0.06)
@@ -256,25 +261,47 @@ def metric_distributions(
 
 
 def spectra_plot(
-    frequency_cycles_per_px: np.ndarray,
-    spectra: Mapping[str, np.ndarray],
+    spectra: pd.DataFrame,
     ylabel: str = "power (intensity$^2$ px$^2$)",
     labels: Mapping[str, str] | None = None,
 ) -> plt.Figure:
-    """Mean radial spectra of image sets on a log scale with the 10-90 % band across images."""
+    """Mean radial spectra of image sets on a log scale, with the 10-90 % band across images.
+
+    ``spectra`` is long: set, frequency_cycles_per_px, power_mean, power_p10, power_p90
+    (as :func:`xrlib.metrics.spectra_table` writes it).
+    """
     labels = labels or {}
     fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN["single"], 2.4))
-    for name, power in spectra.items():
-        power = np.atleast_2d(power)
-        colour = series_colour(name)
-        ax.plot(frequency_cycles_per_px, power.mean(axis=0), color=colour, label=labels.get(name, name))
-        if power.shape[0] > 1:
-            low, high = np.quantile(power, [0.1, 0.9], axis=0)
-            ax.fill_between(frequency_cycles_per_px, low, high, color=colour, alpha=0.2, linewidth=0)
+    for name, curve in spectra.groupby("set", sort=False):
+        colour = series_colour(str(name))
+        ax.plot(curve["frequency_cycles_per_px"], curve["power_mean"], color=colour, label=labels.get(name, name))
+        ax.fill_between(curve["frequency_cycles_per_px"], curve["power_p10"], curve["power_p90"], color=colour, alpha=0.2, linewidth=0)
     ax.set_yscale("log")
     ax.set_xlabel("spatial frequency (cycles/px)")
     ax.set_ylabel(ylabel)
     ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def before_after_scatter(
+    table: pd.DataFrame, before: str, after: str, flag: str | None = None, xlabel: str = "", ylabel: str = ""
+) -> plt.Figure:
+    """One point per row, ``before`` against ``after``, with the identity line; rows where ``flag`` is true in red."""
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN["single"], FIGURE_WIDTH_IN["single"]))
+    values = table[[before, after]].to_numpy(dtype=float)
+    finite = values[np.isfinite(values).all(axis=1)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    pad = 0.05 * (high - low or 1.0)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="#BBBBBB", linestyle="--", linewidth=0.8)
+    flagged = table[flag].astype(bool).to_numpy() if flag else np.zeros(len(table), dtype=bool)
+    ax.scatter(values[~flagged, 0], values[~flagged, 1], s=10, color=OKABE_ITO[0], label="kept")
+    if flagged.any():
+        ax.scatter(values[flagged, 0], values[flagged, 1], s=16, color=OKABE_ITO[1], marker="x", label=flag)
+    ax.set_aspect("equal")
+    ax.set_xlabel(xlabel or before)
+    ax.set_ylabel(ylabel or after)
+    ax.legend(frameon=False, loc="upper left")
     fig.tight_layout()
     return fig
 

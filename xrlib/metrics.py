@@ -682,6 +682,26 @@ def set_spectrum_distances(image_sets: Mapping[str, torch.Tensor], reference_set
     )
 
 
+def spectra_table(image_sets: Mapping[str, torch.Tensor], n_bins: int = 32) -> pd.DataFrame:
+    """Long table of each set's radial spectrum: set, frequency_cycles_per_px, power_mean, power_p10, power_p90."""
+    frames = []
+    for name, images in image_sets.items():
+        frequency, power = radial_power_spectrum(images, n_bins)
+        low, high = np.quantile(power, [0.1, 0.9], axis=0)
+        frames.append(pd.DataFrame({"set": name, "frequency_cycles_per_px": frequency, "power_mean": power.mean(axis=0),
+                                    "power_p10": low, "power_p90": high}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def sample_paths(paths: Sequence[str | os.PathLike], max_count: int | None, seed: int) -> list[Path]:
+    """At most ``max_count`` of ``paths``, drawn without replacement from ``seed``, in their original order."""
+    paths = [Path(p) for p in paths]
+    if max_count is None or len(paths) <= max_count:
+        return paths
+    chosen = np.sort(np.random.default_rng(seed).choice(len(paths), size=max_count, replace=False))
+    return [paths[i] for i in chosen]
+
+
 # ----------------------------------------------------------------------------------------------
 # Optional FID / KID with a user-supplied feature extractor
 # ----------------------------------------------------------------------------------------------
