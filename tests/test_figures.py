@@ -139,3 +139,15 @@ def test_roc_plot_draws_curves_on_the_unit_square():
     assert ax.lines[1].get_xydata() == pytest.approx(np.array([[0, 0], [0.5, 0.8], [1, 1]]))
     assert ax.get_legend().get_texts()[0].get_text() == "drr (AUC 0.65)"
     assert ax.get_xlim() == (0, 1) and ax.get_aspect() == 1.0
+
+
+def test_paper_quality_table_marks_published_and_ours():
+    beside = pd.DataFrame({
+        "degradation": ["munit", "munit"], "method": ["diffusionxray", "lq_input"],
+        "psnr_db_published": [27.5, np.nan], "psnr_db_ours": [25.123, 18.0], "psnr_db_ours_ci_low": [24.0, 17.0],
+        "psnr_db_ours_ci_high": [26.25, 19.0],
+    })
+    table = figures.paper_quality_table(beside, {"diffusionxray": "DiffusionXRay"}, {"munit": "MUNIT-LQ"})
+    assert table.columns.tolist() == ["Test set", "Method", "PSNR (dB), published", "PSNR (dB), ours (95% CI)"]
+    assert table.iloc[0].tolist() == ["MUNIT-LQ", "DiffusionXRay", "27.50", "25.12 [24.00, 26.25]"]
+    assert table.iloc[1].tolist() == ["MUNIT-LQ", "lq_input", "--", "18.00 [17.00, 19.00]"]

@@ -282,6 +282,9 @@ def test_realism_table_orders_sharp_and_blurred_sets():
     assert median.loc["blurred", "nps_mean_frequency_cycles_per_px"] < median.loc["real", "nps_mean_frequency_cycles_per_px"]
     distances = metrics.set_spectrum_distances(sets, "real", n_bins=16).set_index("set")["spectrum_distance"]
     assert distances["real"] == 0.0 and distances["blurred"] > 0.3
+    summary = metrics.summarise_realism(table, sets, "real", n_bins=16).set_index("set")
+    assert summary.loc["blurred", "set_spectrum_distance"] == distances["blurred"]
+    assert summary.loc["real", "edge_rise_distance_px"] == median.loc["real", "edge_rise_distance_px"]
 
 
 class MeanOfQuadrants(torch.nn.Module):
@@ -387,6 +390,7 @@ def test_lost_rule_and_preservation_of_kept_removed_and_moved_nodules():
     assert shifted["lost"] and shifted["peak_shift_px"] == pytest.approx(8.0, abs=0.5)
     rule = metrics.LostRule(min_contrast_ratio=0.5, max_peak_shift_radii=1.0)
     assert rule.is_lost(0.2, 0.09, 0.0, 6.0) and not rule.is_lost(0.2, 0.11, 5.9, 6.0)
+    assert not rule.is_lost(-0.05, -0.06, 1.0, 6.0) and rule.is_lost(-0.05, -0.06, 6.1, 6.0)
     with pytest.raises(DataError, match="resize"):
         metrics.nodule_preservation(drr, nodule_free, drr[:64], 64.0, 64.0, 6.0)
 
@@ -403,6 +407,9 @@ def test_nodule_preservation_table_over_a_nodules_csv():
     assert table.loc[0, "radius_px"] == 6.0
     assert table.loc[0, "lost"]  # the restored image lost it (nodule-free)
     assert table["contrast_drr"].to_numpy() == pytest.approx([0.2, 0.1], abs=0.01)
+    summary = metrics.summarise_nodules(table)
+    assert summary["n_nodules"] == 2 and summary["n_lost"] == 2
+    assert abs(summary["median_contrast_ratio"]) < 0.1  # nothing of either nodule left
     with pytest.raises(DataError, match="nodules.csv"):
         metrics.nodule_preservation_table(nodules.drop(columns="bbox_row0"), lambda drr_id: None)
 
@@ -472,6 +479,8 @@ def test_nodule_table_on_an_enlarged_restored_grid():
     scaled = metrics.scale_nodule_coordinates(pd.DataFrame({"centre_row_px": [10.0], "centre_col_px": [0.0],
         "bbox_row0": [8], "bbox_col0": [0], "bbox_row1": [12], "bbox_col1": [3]}), 2.0)
     assert scaled.iloc[0].tolist() == [20.5, 0.5, 16, 0, 24, 6]
+    assert metrics.nodule_bbox(scaled.iloc[0]) == (16, 0, 24, 6)
+    assert metrics.nodule_bbox({"bbox_row0": 8, "bbox_col0": 0, "bbox_row1": 12, "bbox_col1": 3}, 2.0) == (16, 0, 24, 6)
     nodules = pd.DataFrame([("d1", 1, 31.5, 31.5, 27, 27, 37, 37)], columns=list(metrics.NODULE_COLUMNS))
     noisy_background = nodule_free + np.random.default_rng(2).normal(0, 0.01, nodule_free.shape)
     table = metrics.nodule_preservation_table(nodules, lambda drr_id: (drr + noisy_background - nodule_free, noisy_background, restored))
@@ -485,7 +494,7 @@ def test_spectra_table_and_path_sampling():
     rng = np.random.default_rng(14)
     sigma = 0.05
     table = metrics.spectra_table({"noise": batch(rng.normal(0.5, sigma, (6, 64, 64)))}, n_bins=16)
-    assert list(table.columns) == ["set", "frequency_cycles_per_px", "power_mean", "power_p10", "power_p90"]
+    assert list(table.columns) == ["set", "frequency_cycles_per_px", "power_mean", "power_p10", "power_p90", "log10_power_mean"]
     assert table["power_mean"].iloc[1:].mean() == pytest.approx(sigma**2, rel=0.05)
     assert (table["power_p10"] <= table["power_mean"]).all() and (table["power_mean"] <= table["power_p90"]).all()
     paths = [f"img{i}.png" for i in range(10)]

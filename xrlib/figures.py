@@ -127,6 +127,35 @@ def write_table(
     return {"csv": csv_path, "tex": tex_path}
 
 
+def with_interval(mean: float, low: float, high: float, digits: int) -> str:
+    """``mean [low, high]`` with ``digits`` decimals ("--" where the mean is missing)."""
+    if pd.isna(mean):
+        return "--"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def paper_quality_table(
+    beside: pd.DataFrame, method_labels: Mapping[str, str], degradation_labels: Mapping[str, str]
+) -> pd.DataFrame:
+    """The paper's table for print, from :func:`xrlib.metrics.beside_published`: ours with 95 % CIs beside the published values."""
+    digits = {"psnr_db": 2, "ssim": 3, "ms_ssim": 3}
+    names = {"psnr_db": "PSNR (dB)", "ssim": "SSIM", "ms_ssim": "MS-SSIM"}
+    table = pd.DataFrame({
+        "Test set": beside["degradation"].map(lambda d: degradation_labels.get(d, d)),
+        "Method": beside["method"].map(lambda m: method_labels.get(m, m)),
+    })
+    for metric, places in digits.items():
+        if f"{metric}_ours" not in beside:
+            continue
+        published = beside[f"{metric}_published"]
+        table[f"{names[metric]}, published"] = [("--" if pd.isna(v) else f"{v:.{places}f}") for v in published]
+        table[f"{names[metric]}, ours (95% CI)"] = [
+            with_interval(r[f"{metric}_ours"], r[f"{metric}_ours_ci_low"], r[f"{metric}_ours_ci_high"], places)
+            for _, r in beside.iterrows()
+        ]
+    return table
+
+
 # ----------------------------------------------------------------------------------------------
 # Radiographs and galleries
 # ----------------------------------------------------------------------------------------------

@@ -671,6 +671,13 @@ def realism_table(
     return pd.concat(frames, ignore_index=True)
 
 
+def summarise_realism(realism: pd.DataFrame, image_sets: Mapping[str, torch.Tensor], reference_set: str, n_bins: int = 32) -> pd.DataFrame:
+    """Per set: the median of each per-image column of :func:`realism_table` and the set-level spectrum distance."""
+    medians = realism.drop(columns="image_index").groupby("set", sort=False).median().reset_index()
+    set_level = set_spectrum_distances(image_sets, reference_set, n_bins).rename(columns={"spectrum_distance": "set_spectrum_distance"})
+    return medians.merge(set_level, on="set")
+
+
 def set_spectrum_distances(image_sets: Mapping[str, torch.Tensor], reference_set: str, n_bins: int = 32) -> pd.DataFrame:
     """Set-level log10-RMS distance of each set's mean spectrum to the reference set's."""
     _, reference_power = radial_power_spectrum(image_sets[reference_set], n_bins)
@@ -683,13 +690,14 @@ def set_spectrum_distances(image_sets: Mapping[str, torch.Tensor], reference_set
 
 
 def spectra_table(image_sets: Mapping[str, torch.Tensor], n_bins: int = 32) -> pd.DataFrame:
-    """Long table of each set's radial spectrum: set, frequency_cycles_per_px, power_mean, power_p10, power_p90."""
+    """Long table of each set's radial spectrum: set, frequency_cycles_per_px, power_mean, power_p10,
+    power_p90 and log10_power_mean (for plots without a log axis, e.g. ``dvc plots``)."""
     frames = []
     for name, images in image_sets.items():
         frequency, power = radial_power_spectrum(images, n_bins)
         low, high = np.quantile(power, [0.1, 0.9], axis=0)
         frames.append(pd.DataFrame({"set": name, "frequency_cycles_per_px": frequency, "power_mean": power.mean(axis=0),
-                                    "power_p10": low, "power_p90": high}))
+                                    "power_p10": low, "power_p90": high, "log10_power_mean": np.log10(power.mean(axis=0))}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -957,17 +965,17 @@ class LostRule:
     """When is a nodule lost by restoration (both parameters in params.yaml ``metrics:``).
 
     Lost if the restored image keeps less than ``min_contrast_ratio`` of the DRR's local contrast,
-    or its peak moved by more than ``max_peak_shift_radii`` nodule radii.
+    or its peak moved by more than ``max_peak_shift_radii`` nodule radii. Where the DRR's own
+    local contrast is not positive (a nodule over a rib edge or a steep background), only the
+    peak criterion applies: a ratio of non-positive contrasts says nothing.
     """
 
     min_contrast_ratio: float = 0.5
     max_peak_shift_radii: float = 1.0
 
     def is_lost(self, contrast_drr: float, contrast_restored: float, peak_shift_px: float, radius_px: float) -> bool:
-        return bool(
-            contrast_restored < self.min_contrast_ratio * contrast_drr
-            or peak_shift_px > self.max_peak_shift_radii * radius_px
-        )
+        faded = contrast_drr > 0 and contrast_restored < self.min_contrast_ratio * contrast_drr
+        return bool(faded or peak_shift_px > self.max_peak_shift_radii * radius_px)
 
 
 def nodule_preservation(
@@ -1013,6 +1021,11 @@ def scale_nodule_coordinates(nodules: pd.DataFrame, ratio: float) -> pd.DataFram
     for column in ("bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1"):
         scaled[column] = nodules[column] * ratio
     return scaled
+
+
+def nodule_bbox(nodule: Mapping[str, float], grid_scale: float = 1.0) -> tuple[float, float, float, float]:
+    """(row0, col0, row1, col1) of one nodule row, on a grid ``grid_scale`` times finer than the DRR's."""
+    return tuple(float(nodule[k]) * grid_scale for k in ("bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1"))
 
 
 def nodule_image_loader(
@@ -1062,6 +1075,24 @@ def nodule_preservation_table(
             )
             rows.append({**original._asdict(), "grid_scale": ratio, **measured})
     return pd.DataFrame(rows)
+
+
+def summarise_nodules(preserved: pd.DataFrame) -> dict[str, float]:
+    """Counts and medians of a :func:`nodule_preservation_table`: how many nodules, how many lost, d' and contrast kept."""
+    if preserved.empty:
+        raise DataError("no nodules to summarise; 01_drr's nodules.csv is empty")
+    positive = preserved[preserved["contrast_drr"] > 0]
+    return {
+        "n_nodules": int(len(preserved)),
+        "n_lost": int(preserved["lost"].sum()),
+        "median_contrast_ratio": float((positive["contrast_restored"] / positive["contrast_drr"]).median()) if len(positive) else math.nan,
+        "median_cnr_drr": float(preserved["cnr_drr"].median()),
+        "median_cnr_restored": float(preserved["cnr_restored"].median()),
+        "median_dprime_drr": float(preserved["dprime_drr"].median()),
+        "median_dprime_restored": float(preserved["dprime_restored"].median()),
+        "median_peak_shift_px": float(preserved["peak_shift_px"].median()),
+        "max_peak_shift_px": float(preserved["peak_shift_px"].max()),
+    }
 
 
 def batch_of(image: np.ndarray) -> torch.Tensor:
