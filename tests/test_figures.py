@@ -57,7 +57,7 @@ def test_nodule_zoom_shows_the_bbox_with_equal_aspect():
     image = marked_radiograph()
     fig, ax = plt.subplots()
     figures.show_radiograph(ax, image)
-    inset = figures.add_nodule_zoom(ax, image, (2, 3, 8, 9), margin_px=1)
+    inset = figures.add_nodule_zoom(ax, image, (2, 3, 8, 9), margin_fraction=1 / 6)  # 1 px around a 6 px box
     assert inset.get_xlim() == pytest.approx((1.5, 9.5))
     assert inset.get_ylim() == pytest.approx((8.5, 0.5))  # top row at the top, as in the main image
     assert inset.get_aspect() == 1.0

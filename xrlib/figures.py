@@ -148,7 +148,7 @@ def paper_quality_table(
         if f"{metric}_ours" not in beside:
             continue
         published = beside[f"{metric}_published"]
-        table[f"{names[metric]}, published"] = [("--" if pd.isna(v) else f"{v:.{places}f}") for v in published]
+        table[f"{names[metric]}, published"] = [("--" if pd.isna(v) else f"{v:.2f}") for v in published]  # as printed
         table[f"{names[metric]}, ours (95% CI)"] = [
             with_interval(r[f"{metric}_ours"], r[f"{metric}_ours_ci_low"], r[f"{metric}_ours_ci_high"], places)
             for _, r in beside.iterrows()
@@ -188,11 +188,14 @@ def add_nodule_zoom(
     ax: plt.Axes,
     image: np.ndarray | torch.Tensor,
     bbox_rc: tuple[float, float, float, float],
-    margin_px: float = 4.0,
+    margin_fraction: float = 0.5,
     inset_bounds: tuple[float, float, float, float] = (0.62, 0.02, 0.36, 0.36),
     colour: str = "#E69F00",
 ) -> plt.Axes:
-    """Inset enlarging the region ``bbox_rc`` = (row0, col0, row1, col1), end-exclusive, plus ``margin_px``.
+    """Inset enlarging the region ``bbox_rc`` = (row0, col0, row1, col1), end-exclusive, plus a margin.
+
+    The margin is ``margin_fraction`` of the box's longer side on every side, so one nodule
+    zooms alike on grids of different resolution (a DRR and its enlarged restoration).
 
     The inset shows the same pixels with equal aspect and the same grey scale; a box marks the
     region on the main image. Returns the inset axes.
@@ -201,6 +204,7 @@ def add_nodule_zoom(
     row0, col0, row1, col1 = bbox_rc
     if not (row1 > row0 and col1 > col0):
         raise DataError(f"nodule bbox {bbox_rc} is empty; expected (row0, col0, row1, col1) with row1 > row0, col1 > col0")
+    margin_px = margin_fraction * max(row1 - row0, col1 - col0)
     top, bottom = max(row0 - margin_px, 0) - 0.5, min(row1 + margin_px, array.shape[0]) - 0.5
     left, right = max(col0 - margin_px, 0) - 0.5, min(col1 + margin_px, array.shape[1]) - 0.5
     inset = ax.inset_axes(inset_bounds)
@@ -276,7 +280,8 @@ def metric_distributions(
         for j, metric in enumerate(metrics):
             ax = axes[i, j]
             values = [subset.loc[subset[group] == g, metric].dropna().to_numpy() for g in groups]
-            boxes = ax.boxplot(values, positions=range(len(groups)), widths=0.5, showfliers=False, patch_artist=True)
+            boxes = ax.boxplot(values, positions=range(len(groups)), widths=0.5, showfliers=False, patch_artist=True,
+                               medianprops={"color": "black"})
             for box, name in zip(boxes["boxes"], groups):
                 box.set(facecolor=series_colour(name), alpha=0.25, edgecolor=series_colour(name))
             for k, (name, points) in enumerate(zip(groups, values)):
@@ -355,17 +360,22 @@ def forest_plot(
     if published:
         ax.plot([], [], marker="D", mfc="none", color=series_colour("published"), linestyle="none", label="published")
         ax.plot([], [], marker="o", color=OKABE_ITO[0] if not colour_by else "#444444", linestyle="none", label="ours (95% CI)")
-        ax.legend(frameon=False, loc="best")
+        ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)  # above the rows
     fig.tight_layout()
     return fig
 
 
-def roc_plot(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], auc: Mapping[str, float] | None = None) -> plt.Figure:
+def roc_plot(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    auc: Mapping[str, float] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> plt.Figure:
     """ROC curves (false-positive fraction, true-positive fraction) per reader or condition, with the chance line."""
     fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN["single"], FIGURE_WIDTH_IN["single"]))
     ax.plot([0, 1], [0, 1], color="#BBBBBB", linestyle="--", linewidth=0.8)
     for name, (fpf, tpf) in curves.items():
-        label = f"{name} (AUC {auc[name]:.2f})" if auc and name in auc else name
+        shown = (labels or {}).get(name, name)
+        label = f"{shown} (AUC {auc[name]:.2f})" if auc and name in auc else shown
         ax.plot(fpf, tpf, color=series_colour(name), label=label, drawstyle="default")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
