@@ -64,8 +64,9 @@ def test_ssim_identical_and_constant_images():
 def test_ms_ssim_scales_and_known_answers():
     assert metrics.ms_ssim_scales(256, 256) == 5
     assert metrics.ms_ssim_scales(64, 64) == 3
+    assert metrics.ms_ssim_scales(12, 40) == 2
     with pytest.raises(ConfigError, match="too small for MS-SSIM"):
-        metrics.ms_ssim_scales(8, 8)
+        metrics.ms_ssim_scales(11, 11)
     rng = np.random.default_rng(2)
     for size in (176, 64):
         image = batch(rng.uniform(0.1, 0.9, (size, size)))

@@ -154,12 +154,14 @@ def ms_ssim_scales(height_px: int, width_px: int) -> int:
     """How many MS-SSIM scales (at most 5) torchmetrics accepts for an image of this size."""
     for n_scales in range(len(MS_SSIM_BETAS), 1, -1):
         divisor = max(1, n_scales - 1) ** 2
-        fits = min(height_px, width_px) >= 2**n_scales and min(height_px, width_px) // divisor > SSIM_KERNEL_SIZE - 1
+        side = min(height_px, width_px)
+        coarsest = side // 2 ** (n_scales - 1)  # must exceed the window's half-width (reflect padding)
+        fits = side >= 2**n_scales and side // divisor > SSIM_KERNEL_SIZE - 1 and coarsest > SSIM_KERNEL_SIZE // 2
         if fits:
             return n_scales
     raise ConfigError(
         f"images of {height_px}x{width_px} px are too small for MS-SSIM (needs at least 2 scales, "
-        f"i.e. a side of {SSIM_KERNEL_SIZE} px or more); evaluate on larger images or report SSIM only"
+        f"i.e. a side of {2 * (SSIM_KERNEL_SIZE // 2 + 1)} px or more); evaluate on larger images or report SSIM only"
     )
 
 
