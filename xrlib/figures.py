@@ -1,0 +1,387 @@
+"""One plotting style for every figure and table of the paper.
+
+:func:`apply_style` sets matplotlib's rcParams once; :func:`save_figure` writes a figure as PDF
+and PNG under ``paper/figures`` and :func:`write_table` a table as CSV and LaTeX under
+``paper/tables``, each file atomically. Radiographs are drawn by :func:`show_radiograph` only:
+grey scale fixed to [0, 1] (bright = attenuating), square pixels, the array's first row at the
+top and its first column at the left, so the radiological convention of the stored image
+(patient's right on the image's left) is kept, never flipped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: stages run headless
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from xrlib.errors import ConfigError, DataError  # noqa: E402
+from xrlib.io import atomic_path, write_csv_atomic, write_text_atomic  # noqa: E402
+from xrlib.paths import project_root  # noqa: E402
+
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+"""Colour-blind-safe palette (Okabe and Ito 2008); the colour cycle of every plot."""
+
+SERIES_COLOURS = {
+    "diffusionxray": OKABE_ITO[0],
+    "bicubic_baseline": OKABE_ITO[1],
+    "lq_input": "#7F7F7F",
+    "real_xray": OKABE_ITO[7],
+    "drr": OKABE_ITO[4],
+    "restored_drr": OKABE_ITO[0],
+    "published": OKABE_ITO[3],
+}
+"""One colour per method or image set, the same in every figure."""
+
+FIGURE_WIDTH_IN = {"single": 3.5, "double": 7.2}
+"""Column widths of a two-column paper, in inches."""
+
+PNG_DPI = 200
+
+
+def apply_style() -> None:
+    """Set the compendium's rcParams (fonts, colours, vector-friendly PDF, grey images)."""
+    plt.rcParams.update(
+        {
+            "figure.dpi": 100,
+            "savefig.dpi": PNG_DPI,
+            "savefig.bbox": "tight",
+            "savefig.pad_inches": 0.02,
+            "font.size": 8,
+            "axes.titlesize": 8,
+            "axes.labelsize": 8,
+            "legend.fontsize": 7,
+            "xtick.labelsize": 7,
+            "ytick.labelsize": 7,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO),
+            "axes.grid": False,
+            "lines.linewidth": 1.2,
+            "image.cmap": "gray",
+            "image.interpolation": "nearest",
+            "pdf.fonttype": 42,  # TrueType in PDF: editable text
+            "ps.fonttype": 42,
+            "svg.fonttype": "none",
+        }
+    )
+
+
+def series_colour(name: str) -> str:
+    """The fixed colour of a method or image set (a palette colour chosen by name otherwise)."""
+    return SERIES_COLOURS.get(name, OKABE_ITO[sum(map(ord, name)) % len(OKABE_ITO)])
+
+
+def figures_dir(root: Path | None = None) -> Path:
+    """``paper/figures`` of the project."""
+    return (root or project_root()) / "paper" / "figures"
+
+
+def tables_dir(root: Path | None = None) -> Path:
+    """``paper/tables`` of the project."""
+    return (root or project_root()) / "paper" / "tables"
+
+
+def _check_name(name: str) -> str:
+    if not name or Path(name).name != name or Path(name).suffix:
+        raise ConfigError(f"figure/table name '{name}' must be a bare file stem like 'fig2_gallery' (no folder, no suffix)")
+    return name
+
+
+def save_figure(fig: plt.Figure, name: str, folder: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Write ``fig`` as ``<name>.pdf`` and ``<name>.png`` (``PNG_DPI``) atomically; close it."""
+    folder = Path(folder) if folder else figures_dir()
+    paths = {}
+    for fmt in ("pdf", "png"):
+        path = folder / f"{_check_name(name)}.{fmt}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, metadata={"CreationDate": None} if fmt == "pdf" else None)
+        paths[fmt] = path
+    plt.close(fig)
+    return paths
+
+
+def write_table(
+    frame: pd.DataFrame,
+    name: str,
+    folder: str | os.PathLike | None = None,
+    float_format: str = "%.3f",
+    caption: str | None = None,
+) -> dict[str, Path]:
+    """Write ``frame`` as ``<name>.csv`` (full precision) and ``<name>.tex`` (booktabs) atomically."""
+    folder = Path(folder) if folder else tables_dir()
+    name = _check_name(name)
+    csv_path = write_csv_atomic(folder / f"{name}.csv", frame)
+    latex = frame.to_latex(
+        index=False, float_format=float_format, escape=True, na_rep="--", caption=caption, label=f"tab:{name}"
+    )
+    tex_path = write_text_atomic(folder / f"{name}.tex", latex)
+    return {"csv": csv_path, "tex": tex_path}
+
+
+def with_interval(mean: float, low: float, high: float, digits: int) -> str:
+    """``mean [low, high]`` with ``digits`` decimals ("--" where the mean is missing)."""
+    if pd.isna(mean):
+        return "--"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def paper_quality_table(
+    beside: pd.DataFrame, method_labels: Mapping[str, str], degradation_labels: Mapping[str, str]
+) -> pd.DataFrame:
+    """The paper's table for print, from :func:`xrlib.metrics.beside_published`: ours with 95 % CIs beside the published values."""
+    digits = {"psnr_db": 2, "ssim": 3, "ms_ssim": 3}
+    names = {"psnr_db": "PSNR (dB)", "ssim": "SSIM", "ms_ssim": "MS-SSIM"}
+    table = pd.DataFrame({
+        "Test set": beside["degradation"].map(lambda d: degradation_labels.get(d, d)),
+        "Method": beside["method"].map(lambda m: method_labels.get(m, m)),
+    })
+    for metric, places in digits.items():
+        if f"{metric}_ours" not in beside:
+            continue
+        published = beside[f"{metric}_published"]
+        table[f"{names[metric]}, published"] = [("--" if pd.isna(v) else f"{v:.2f}") for v in published]  # as printed
+        table[f"{names[metric]}, ours (95% CI)"] = [
+            with_interval(r[f"{metric}_ours"], r[f"{metric}_ours_ci_low"], r[f"{metric}_ours_ci_high"], places)
+            for _, r in beside.iterrows()
+        ]
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# Radiographs and galleries
+# ----------------------------------------------------------------------------------------------
+
+
+def _as_display_2d(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise DataError(f"a radiograph to show must be one 2-D image, got shape {np.shape(image)}")
+    return array
+
+
+def show_radiograph(ax: plt.Axes, image: np.ndarray | torch.Tensor, title: str | None = None, side_marker: bool = True) -> None:
+    """Draw a display radiograph in [0, 1] as stored: grey, square pixels, no flips, no axes.
+
+    ``side_marker`` writes "R" in the upper-left corner: the patient's right, where the
+    radiological convention puts it.
+    """
+    array = _as_display_2d(image)
+    ax.imshow(array, cmap="gray", vmin=0.0, vmax=1.0, aspect="equal", origin="upper", interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    if side_marker:
+        ax.text(0.03, 0.97, "R", transform=ax.transAxes, color="white", fontsize=7, fontweight="bold", va="top", ha="left")
+
+
+def add_nodule_zoom(
+    ax: plt.Axes,
+    image: np.ndarray | torch.Tensor,
+    bbox_rc: tuple[float, float, float, float],
+    margin_fraction: float = 0.5,
+    inset_bounds: tuple[float, float, float, float] = (0.62, 0.02, 0.36, 0.36),
+    colour: str = "#E69F00",
+) -> plt.Axes:
+    """Inset enlarging the region ``bbox_rc`` = (row0, col0, row1, col1), end-exclusive, plus a margin.
+
+    The margin is ``margin_fraction`` of the box's longer side on every side, so one nodule
+    zooms alike on grids of different resolution (a DRR and its enlarged restoration).
+
+    The inset shows the same pixels with equal aspect and the same grey scale; a box marks the
+    region on the main image. Returns the inset axes.
+    """
+    array = _as_display_2d(image)
+    row0, col0, row1, col1 = bbox_rc
+    if not (row1 > row0 and col1 > col0):
+        raise DataError(f"nodule bbox {bbox_rc} is empty; expected (row0, col0, row1, col1) with row1 > row0, col1 > col0")
+    margin_px = margin_fraction * max(row1 - row0, col1 - col0)
+    top, bottom = max(row0 - margin_px, 0) - 0.5, min(row1 + margin_px, array.shape[0]) - 0.5
+    left, right = max(col0 - margin_px, 0) - 0.5, min(col1 + margin_px, array.shape[1]) - 0.5
+    inset = ax.inset_axes(inset_bounds)
+    inset.imshow(array, cmap="gray", vmin=0.0, vmax=1.0, aspect="equal", origin="upper", interpolation="nearest")
+    inset.set_xlim(left, right)
+    inset.set_ylim(bottom, top)  # rows grow downwards, as in the main image
+    inset.set_xticks([])
+    inset.set_yticks([])
+    for spine in inset.spines.values():
+        spine.set_visible(True)
+        spine.set_edgecolor(colour)
+    ax.indicate_inset_zoom(inset, edgecolor=colour)
+    return inset
+
+
+Box = tuple[float, float, float, float]
+
+
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray | torch.Tensor]],
+    column_titles: Sequence[str] | None = None,
+    row_titles: Sequence[str] | None = None,
+    bboxes: Sequence[Sequence[Box | None]] | None = None,
+    width: str = "double",
+) -> plt.Figure:
+    """A gallery of radiographs, one row per case; ``bboxes[i][j]`` (or None) adds a nodule zoom to image (i, j).
+
+    Each box is in its own image's pixels, so images of different sizes (a DRR and its enlarged
+    restoration) keep their own coordinates. Every image keeps square pixels; the figure's height
+    follows the first image's aspect ratio.
+    """
+    if not rows or not rows[0]:
+        raise DataError("image_grid needs at least one row with one image")
+    n_rows, n_cols = len(rows), len(rows[0])
+    if any(len(row) != n_cols for row in rows) or (bboxes is not None and [len(b) for b in bboxes] != [n_cols] * n_rows):
+        raise DataError("every gallery row (and its row of boxes) must hold the same number of images")
+    height, width_px = _as_display_2d(rows[0][0]).shape
+    fig_width = FIGURE_WIDTH_IN[width]
+    panel = fig_width / n_cols
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(fig_width, panel * height / width_px * n_rows + 0.3), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            show_radiograph(axes[i, j], image, title=column_titles[j] if column_titles and i == 0 else None)
+            if bboxes is not None and bboxes[i][j] is not None:
+                add_nodule_zoom(axes[i, j], image, bboxes[i][j])
+        if row_titles:
+            axes[i, 0].text(-0.04, 0.5, row_titles[i], transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center")
+    fig.subplots_adjust(wspace=0.02, hspace=0.06)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots of numbers
+# ----------------------------------------------------------------------------------------------
+
+
+def metric_distributions(
+    table: pd.DataFrame, metrics: Sequence[str], group: str, panel: str | None = None, labels: Mapping[str, str] | None = None
+) -> plt.Figure:
+    """Box plots with every point (jittered) of each metric per ``group`` value; one column per metric.
+
+    With ``panel`` (e.g. degradation), one row of panels per value of that column.
+    """
+    labels = labels or {}
+    panels = sorted(table[panel].unique()) if panel else [None]
+    groups = list(dict.fromkeys(table[group]))
+    fig, axes = plt.subplots(
+        len(panels), len(metrics), figsize=(FIGURE_WIDTH_IN["double"], 2.0 * len(panels)), squeeze=False
+    )
+    rng = np.random.default_rng(0)  # jitter only: fixed so figures are reproducible
+    for i, panel_value in enumerate(panels):
+        subset = table if panel is None else table[table[panel] == panel_value]
+        for j, metric in enumerate(metrics):
+            ax = axes[i, j]
+            values = [subset.loc[subset[group] == g, metric].dropna().to_numpy() for g in groups]
+            boxes = ax.boxplot(values, positions=range(len(groups)), widths=0.5, showfliers=False, patch_artist=True,
+                               medianprops={"color": "black"})
+            for box, name in zip(boxes["boxes"], groups):
+                box.set(facecolor=series_colour(name), alpha=0.25, edgecolor=series_colour(name))
+            for k, (name, points) in enumerate(zip(groups, values)):
+                ax.scatter(k + rng.uniform(-0.15, 0.15, points.size), points, s=6, color=series_colour(name), zorder=3)
+            ax.set_xticks(range(len(groups)), [labels.get(g, g) for g in groups], rotation=20, ha="right")
+            ax.set_ylabel(labels.get(metric, metric))
+            if panel is not None:
+                ax.set_title(labels.get(panel_value, panel_value))
+    fig.tight_layout()
+    return fig
+
+
+def spectra_plot(
+    spectra: pd.DataFrame,
+    ylabel: str = "power (intensity$^2$ px$^2$)",
+    labels: Mapping[str, str] | None = None,
+) -> plt.Figure:
+    """Mean radial spectra of image sets on a log scale, with the 10-90 % band across images.
+
+    ``spectra`` is long: set, frequency_cycles_per_px, power_mean, power_p10, power_p90
+    (as :func:`xrlib.metrics.spectra_table` writes it).
+    """
+    labels = labels or {}
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN["single"], 2.4))
+    for name, curve in spectra.groupby("set", sort=False):
+        colour = series_colour(str(name))
+        ax.plot(curve["frequency_cycles_per_px"], curve["power_mean"], color=colour, label=labels.get(name, name))
+        ax.fill_between(curve["frequency_cycles_per_px"], curve["power_p10"], curve["power_p90"], color=colour, alpha=0.2, linewidth=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("spatial frequency (cycles/px)")
+    ax.set_ylabel(ylabel)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def before_after_scatter(
+    table: pd.DataFrame, before: str, after: str, flag: str | None = None, xlabel: str = "", ylabel: str = ""
+) -> plt.Figure:
+    """One point per row, ``before`` against ``after``, with the identity line; rows where ``flag`` is true in red."""
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN["single"], FIGURE_WIDTH_IN["single"]))
+    values = table[[before, after]].to_numpy(dtype=float)
+    finite = values[np.isfinite(values).all(axis=1)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    pad = 0.05 * (high - low or 1.0)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="#BBBBBB", linestyle="--", linewidth=0.8)
+    flagged = table[flag].astype(bool).to_numpy() if flag else np.zeros(len(table), dtype=bool)
+    ax.scatter(values[~flagged, 0], values[~flagged, 1], s=10, color=OKABE_ITO[0], label="kept")
+    if flagged.any():
+        ax.scatter(values[flagged, 0], values[flagged, 1], s=16, color=OKABE_ITO[1], marker="x", label=flag)
+    ax.set_aspect("equal")
+    ax.set_xlabel(xlabel or before)
+    ax.set_ylabel(ylabel or after)
+    ax.legend(frameon=False, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def forest_plot(
+    rows: pd.DataFrame, label: str, mean: str = "mean", ci_low: str = "ci_low", ci_high: str = "ci_high",
+    published: str | None = None, xlabel: str = "", colour_by: str | None = None,
+) -> plt.Figure:
+    """Point estimates with their intervals, one line per row of ``rows`` (top to bottom).
+
+    ``published`` names a column of published values, drawn as open diamonds beside ours.
+    """
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN["single"], 0.3 * len(rows) + 0.8))
+    positions = np.arange(len(rows))[::-1]
+    for y, (_, row) in zip(positions, rows.iterrows()):
+        colour = series_colour(str(row[colour_by])) if colour_by else OKABE_ITO[0]
+        ax.errorbar(row[mean], y, xerr=[[row[mean] - row[ci_low]], [row[ci_high] - row[mean]]], fmt="o", color=colour, ms=4, capsize=2)
+        if published and pd.notna(row[published]):
+            ax.plot(row[published], y, marker="D", mfc="none", color=series_colour("published"), ms=5, linestyle="none")
+    ax.set_yticks(positions, list(rows[label]))
+    ax.set_xlabel(xlabel)
+    if published:
+        ax.plot([], [], marker="D", mfc="none", color=series_colour("published"), linestyle="none", label="published")
+        ax.plot([], [], marker="o", color=OKABE_ITO[0] if not colour_by else "#444444", linestyle="none", label="ours (95% CI)")
+        ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)  # above the rows
+    fig.tight_layout()
+    return fig
+
+
+def roc_plot(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    auc: Mapping[str, float] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> plt.Figure:
+    """ROC curves (false-positive fraction, true-positive fraction) per reader or condition, with the chance line."""
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN["single"], FIGURE_WIDTH_IN["single"]))
+    ax.plot([0, 1], [0, 1], color="#BBBBBB", linestyle="--", linewidth=0.8)
+    for name, (fpf, tpf) in curves.items():
+        shown = (labels or {}).get(name, name)
+        label = f"{shown} (AUC {auc[name]:.2f})" if auc and name in auc else shown
+        ax.plot(fpf, tpf, color=series_colour(name), label=label, drawstyle="default")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false-positive fraction")
+    ax.set_ylabel("true-positive fraction")
+    ax.legend(frameon=False, loc="lower right")
+    fig.tight_layout()
+    return fig
