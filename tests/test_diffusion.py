@@ -30,6 +30,8 @@ from xrlib.diffusion import (
 from xrlib.errors import CheckpointError, ConfigError
 from xrlib.io import load_png, save_png16
 
+torch.set_num_threads(1)  # the CI machine has 2 shared cores: more threads only spin
+
 TINY_UNET = {"block_out_channels": [8, 16], "layers_per_block": 1, "attention_levels": [False, True],
              "norm_num_groups": 4, "condition_channels": 1}
 SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "cosine", "prediction_type": "epsilon"}

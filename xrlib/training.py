@@ -26,7 +26,6 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
-from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
 
 from xrlib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -132,6 +131,14 @@ class SeededBatches(torch.utils.data.Sampler):
             yield [(self._index(g), sample_seed(self.seed, g)) for g in range(first, first + self.batch_size)]
 
 
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor at ``step``: linear warm-up from 0 to 1, then half a cosine down to 0."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 def ema_decay_at(step: int, decay: float) -> float:
     """EMA decay with warm-up, min(decay, (1 + step) / (10 + step)), so early averages forget the init."""
     return min(decay, (1.0 + step) / (10.0 + step))
@@ -199,7 +206,8 @@ def train(
     model = model.to(device).train()
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps))
     start_step = 0
     found = latest_checkpoint(checkpoints)
     if found is not None:
