@@ -182,3 +182,23 @@ class PairDataset(torch.utils.data.Dataset):
         if self.flip_left_right and rng.random() < 0.5:
             hq, condition = hq.flip(-1), condition.flip(-1)
         return {"image": hq.contiguous(), "condition": condition.contiguous(), "seed": int(seed)}
+
+
+def load_hq_xrays(root: str | os.PathLike, xray_manifest: str | os.PathLike,
+                  embedded_xray: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """HQ X-rays for :func:`build_bicubic_pairs`: the data stage's manifest (columns :data:`XRAY_COLUMNS`).
+
+    Until that manifest exists, the embedded DICOM ``embedded_xray`` stands in as one training
+    image (patient and image id from its file name); the restorer then trains on crops of it.
+    """
+    root = Path(root)
+    manifest_path = root / xray_manifest
+    if not manifest_path.is_file():
+        image_id = Path(embedded_xray).stem
+        return {image_id: {"patient_id": image_id, "split": "train", "image": read_dicom_display(root / embedded_xray)}}
+    manifest = pd.read_csv(manifest_path, dtype={"image_id": str, "patient_id": str})
+    missing = [c for c in XRAY_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise DataError(f"{manifest_path}: X-ray manifest lacks columns {missing}")
+    return {row.image_id: {"patient_id": row.patient_id, "split": row.split, "image": load_png(root / row.path)}
+            for row in manifest.itertuples()}
