@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from xrlib.checkpoint import latest_checkpoint, list_checkpoints
-from xrlib.errors import ConfigError
+from xrlib.errors import CheckpointError, ConfigError
 from xrlib.training import SeededBatches, TrainConfig, ema_decay_at, train, update_ema, warmup_cosine
 
 torch.set_num_threads(1)  # the CI machine has 2 shared cores: more threads only spin
@@ -182,3 +182,9 @@ def test_ddp_on_gloo_matches_one_process_with_the_global_batch(tmp_path):
         torch.testing.assert_close(ranks[0]["weights"][key], tensor, rtol=0, atol=1e-5)
     for (step, loss), (single_step, single_loss) in zip(ranks[0]["history"], single["history"]):
         assert step == single_step and loss == pytest.approx(single_loss, rel=1e-4)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    run_tiny_training(tmp_path, steps=5)
+    with pytest.raises(CheckpointError, match="other settings.*steps"):
+        run_tiny_training(tmp_path, steps=8)

@@ -413,11 +413,13 @@ def restorer_settings(section: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def restorer_model_config(settings: Mapping[str, Any], scale: int) -> dict[str, Any]:
-    """The architecture config of a restorer: condition = LQ (+ mask), output ``scale`` times the input."""
+    """A restorer's config: architecture (condition = LQ (+ mask); output ``scale`` times the input)
+    and the pairs it learns from ("data": generator and manifest), stored with its weights."""
     unet = {**settings["unet"], "image_channels": 1,
             "condition_channels": 2 if settings.get("mask_channel", False) else 1,
             "sample_px": int(settings.get("crop_px") or settings["unet"].get("sample_px", 64))}
-    return {"unet": unet, "schedule": dict(settings["schedule"]), "scale": int(scale)}
+    return {"unet": unet, "schedule": dict(settings["schedule"]), "scale": int(scale),
+            "data": {"generator": settings["generator"], "pairs": str(settings["pairs"])}}
 
 
 def train_restorer(section: Mapping[str, Any], name: str, root: str | Path, run_dir: str | Path) -> dict[str, Any]:

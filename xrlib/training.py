@@ -29,9 +29,13 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from xrlib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from xrlib.errors import ConfigError
+from xrlib.errors import CheckpointError, ConfigError
 
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
+
+
+RESULT_SETTINGS = ("steps", "batch_size", "learning_rate", "weight_decay", "warmup_steps", "grad_clip_norm",
+                   "ema_decay", "seed")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,11 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     dvclive: bool = True
+
+    def fingerprint(self, n_items: int) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote the checkpoint (not logging or workers)."""
+        settings = {k: v for k, v in asdict(self).items() if k in RESULT_SETTINGS}
+        return {**settings, "n_items": int(n_items)}
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "TrainConfig":
@@ -210,9 +219,16 @@ def train(
         optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps))
     start_step = 0
     found = latest_checkpoint(checkpoints)
+    fingerprint = cfg.fingerprint(len(dataset))
     if found is not None:
-        start_step = load_checkpoint(found, {"model": model, "ema": ema}, {"optimizer": optimizer},
-                                     {"lr": lr_schedule}, model_config)["step"]
+        restored = load_checkpoint(found, {"model": model, "ema": ema}, {"optimizer": optimizer}, {"lr": lr_schedule},
+                                   model_config)
+        stored = restored["extra"].get("fingerprint", {})
+        differing = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+        if differing:
+            raise CheckpointError(f"{found}: written by a run with other settings ({', '.join(differing)}); "
+                                  f"delete {checkpoints} to start afresh or restore those settings")
+        start_step = restored["step"]
     network = model
     if distributed:
         network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -268,7 +284,8 @@ def train(
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 if rank == 0:
                     save_checkpoint(checkpoints, step, {"model": model, "ema": ema}, {"optimizer": optimizer},
-                                    {"lr": lr_schedule}, model_config, keep_last=cfg.keep_checkpoints)
+                                    {"lr": lr_schedule}, model_config, {"fingerprint": fingerprint},
+                                    keep_last=cfg.keep_checkpoints)
                 if distributed:
                     dist.barrier()
             if on_step is not None:
