@@ -1,0 +1,57 @@
+"""The restorer end to end: configuration merging, training on bicubic pairs, export, test restoration."""
+
+import numpy as np
+import pytest
+import torch
+
+from xrlib.diffusion import load_model, restore_test_pairs, restorer_settings, train_restorer
+from xrlib.errors import ConfigError
+from xrlib.io import load_png
+from xrlib.pairs_dataset import build_bicubic_pairs, read_pairs
+
+torch.set_num_threads(1)
+
+SECTION = {
+    "seed": 0,
+    "scale": 2,
+    "base": {
+        "crop_px": 16, "preview_images": 2,
+        "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "attention_levels": [False, True],
+                 "norm_num_groups": 4},
+        "schedule": {"beta_schedule": "cosine", "prediction_type": "v_prediction", "loss": "l2"},
+        "train": {"steps": 60, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 5, "checkpoint_every": 30,
+                  "log_every": 5, "sample_every": 60, "ema_decay": 0.9, "progress": False},
+    },
+    "configs": {"bicubic_baseline": {"generator": "bicubic", "pairs": "pairs/pairs.csv"},
+                "wider": {"generator": "ddpm", "pairs": "pairs/pairs.csv", "unet": {"block_out_channels": [8, 8]}}},
+}
+
+
+def test_configurations_override_the_base_key_by_key():
+    wider = restorer_settings(SECTION, "wider")
+    assert wider["unet"]["block_out_channels"] == [8, 8] and wider["unet"]["norm_num_groups"] == 4
+    assert wider["train"]["seed"] == 0 and wider["generator"] == "ddpm"
+    with pytest.raises(ConfigError, match="no 'absent'"):
+        restorer_settings(SECTION, "absent")
+
+
+def test_restorer_learns_on_bicubic_pairs_and_restores_held_out_images(tmp_path):
+    rows, cols = np.mgrid[0:48, 0:48] / 48
+    images = {f"x{i}": {"patient_id": f"p{i}", "split": "test" if i == 3 else "train",
+                        "image": (0.5 + 0.35 * np.sin(2 * np.pi * (i + 2) * rows) * np.cos(3 * np.pi * cols)).clip(0, 1)}
+              for i in range(4)}
+    build_bicubic_pairs(images, tmp_path / "pairs", tmp_path, hq_px=32, scale=2)
+    run_dir = tmp_path / "run"
+    result = train_restorer(SECTION, "bicubic_baseline", tmp_path, run_dir)
+
+    losses = [loss for _, loss in result["history"]]
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2])
+    assert (run_dir / "dvclive" / "plots" / "images" / "samples" / "00000060.png").is_file()
+    model, model_config = load_model(result["weights"])
+    assert model_config["unet"]["condition_channels"] == 1 and model_config["scale"] == 2
+
+    test_pairs = read_pairs(tmp_path / "pairs" / "pairs.csv", "bicubic", "test")
+    restored = restore_test_pairs(model, model_config, test_pairs, tmp_path, tmp_path / "test", sampler="ddim", steps=5)
+    assert list(restored["pair_id"]) == ["bicubic-x3"]
+    output = load_png(tmp_path / restored.loc[0, "restored_path"])
+    assert output.shape == load_png(tmp_path / restored.loc[0, "hq_path"]).shape == (32, 32)

@@ -1,0 +1,190 @@
+"""The training loop: data order, EMA, LR schedule, learning, exact resume after SIGKILL, DDP on gloo."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from xrlib.checkpoint import latest_checkpoint, list_checkpoints
+from xrlib.errors import CheckpointError, ConfigError
+from xrlib.training import SeededBatches, TrainConfig, ema_decay_at, train, update_ema, warmup_cosine
+
+torch.set_num_threads(1)  # the CI machine has 2 shared cores: more threads only spin
+
+TESTS_DIR = Path(__file__).resolve().parent
+ROOT = TESTS_DIR.parent
+MODEL_CONFIG = {"kind": "tiny-denoiser", "hidden_channels": 8}
+
+
+class BlurredPairs(torch.utils.data.Dataset):
+    """Smooth random 16x16 images (HQ) with their 2x box-blurred copies (condition), in [-1, 1]."""
+
+    def __init__(self, n_items: int = 12):
+        base = torch.rand(n_items, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        self.images = torch.nn.functional.interpolate(base, size=(16, 16), mode="bicubic").clamp(-1, 1)
+        self.conditions = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(self.images, 2), scale_factor=2)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, key):
+        index, seed = key
+        return {"image": self.images[index], "condition": self.conditions[index], "seed": seed}
+
+
+def tiny_denoiser():
+    torch.manual_seed(123)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 1, 3, padding=1))
+
+
+def denoising_loss(model, batch):
+    """Predict the image from a noisy copy and the condition; the noise comes from each sample's seed."""
+    noise = torch.stack([torch.randn(batch["image"].shape[1:], generator=torch.Generator().manual_seed(int(s)))
+                         for s in batch["seed"]])
+    prediction = model(torch.cat([batch["image"] + 0.5 * noise, batch["condition"]], dim=1))
+    return torch.nn.functional.mse_loss(prediction, batch["image"])
+
+
+def run_tiny_training(run_dir, steps, checkpoint_every=5, batch_size=4, on_step=None, dvclive=False):
+    """Train the tiny denoiser on BlurredPairs; what both the tests and their subprocesses run."""
+    config = {"steps": steps, "batch_size": batch_size, "learning_rate": 1e-2, "warmup_steps": 3,
+              "checkpoint_every": checkpoint_every, "log_every": 1, "ema_decay": 0.9, "seed": 7,
+              "progress": False, "dvclive": dvclive}
+    return train(tiny_denoiser(), denoising_loss, BlurredPairs(), config, run_dir, MODEL_CONFIG, on_step=on_step)
+
+
+def test_seeded_batches_cover_each_epoch_and_split_over_ranks_and_restarts():
+    single = [b for b in SeededBatches(10, 4, seed=3, start_step=0, end_step=5)]
+    indices = [i for batch in single for i, _ in batch]
+    assert sorted(indices[:10]) == list(range(10)) and sorted(indices[10:20]) == list(range(10))
+    assert indices[:10] != indices[10:20]  # a new permutation each epoch
+    ranks = [list(SeededBatches(10, 2, 3, 0, 5, rank=r, world_size=2)) for r in (0, 1)]
+    assert [ranks[0][s] + ranks[1][s] for s in range(5)] == single
+    assert list(SeededBatches(10, 4, 3, start_step=3, end_step=5)) == single[3:]
+    assert list(SeededBatches(10, 4, seed=4, start_step=0, end_step=5)) != single
+
+
+def test_ema_follows_its_closed_form():
+    model, ema = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(model.weight, 2.0)
+    torch.nn.init.constant_(ema.weight, 0.0)
+    for _ in range(5):
+        update_ema(ema, model, 0.9)
+    assert ema.weight.item() == pytest.approx(2.0 * (1 - 0.9**5))
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10_000, 0.999) == 0.999
+
+
+def test_unknown_training_parameter_is_named():
+    with pytest.raises(ConfigError, match="learnig_rate"):
+        TrainConfig.from_mapping({"learnig_rate": 1e-3})
+
+
+def test_loss_falls_and_lr_warms_up_then_follows_the_cosine(tmp_path):
+    result = run_tiny_training(tmp_path, steps=60, checkpoint_every=60, batch_size=8, dvclive=True)
+    losses = np.array([loss for _, loss in result["history"]])
+    assert losses[-10:].mean() < 0.3 * losses[:5].mean()
+    logged = pd.read_csv(tmp_path / "dvclive" / "plots" / "metrics" / "train" / "learning_rate.tsv", sep="\t")
+    lr = dict(zip(logged["step"], logged["learning_rate"]))
+    # the rate logged after step k is the one step k+1 uses: 1e-2 * min(k / 3, cosine over steps 3..60)
+    assert lr[1] == pytest.approx(1e-2 / 3) and lr[3] == pytest.approx(1e-2)
+    assert lr[31] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 28 / 57)))
+    assert lr[60] == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(100, 3, 60) == 0.0
+    assert (tmp_path / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000060"]
+
+
+KILLABLE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from test_training import run_tiny_training
+    run_dir, steps, pause_at = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+
+    def pause(step):
+        if step == pause_at:
+            (run_dir / "paused").write_text(str(step))
+            time.sleep(600)
+
+    run_tiny_training(run_dir, steps, checkpoint_every=5, on_step=pause)
+""")
+
+
+def _start(script, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(script), *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_resume_after_sigkill_continues_as_if_never_stopped(tmp_path):
+    script = tmp_path / "killable.py"
+    script.write_text(KILLABLE.format(tests=str(TESTS_DIR)))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight, killed):
+        folder.mkdir()
+    expected = run_tiny_training(straight, 10)
+
+    victim = _start(script, killed, 10, 7)  # checkpoint at 5, two more steps, then killed
+    deadline = time.monotonic() + 90
+    while not (killed / "paused").exists():
+        assert victim.poll() is None and time.monotonic() < deadline, "the training run stopped early"
+        time.sleep(0.1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert latest_checkpoint(killed / "checkpoints").name == "step-00000005"
+
+    resumed = run_tiny_training(killed, 10)
+    assert [step for step, _ in resumed["history"]] == list(range(6, 11))
+    for name in ("model", "ema"):
+        for key, tensor in expected[name].state_dict().items():
+            torch.testing.assert_close(resumed[name].state_dict()[key], tensor, rtol=1e-6, atol=1e-7)
+    assert resumed["history"] == expected["history"][5:]
+    assert latest_checkpoint(killed / "checkpoints").name == "step-00000010"
+
+
+def _ddp_worker(rank, world_size, init_file, run_dir, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        result = run_tiny_training(run_dir, steps=6, checkpoint_every=3, batch_size=2, dvclive=True)
+        torch.save({"weights": result["model"].state_dict(), "history": result["history"]},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_on_gloo_matches_one_process_with_the_global_batch(tmp_path):
+    run_dir, out_dir = tmp_path / "ddp", tmp_path / "out"
+    out_dir.mkdir()
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), str(run_dir), str(out_dir)), nprocs=2, join=True)
+    ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for key, tensor in ranks[0]["weights"].items():
+        assert torch.equal(tensor, ranks[1]["weights"][key])
+    assert ranks[0]["history"] == ranks[1]["history"]
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step-00000003", "step-00000006"]
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+    single = run_tiny_training(tmp_path / "single", steps=6, checkpoint_every=6, batch_size=4)
+    for key, tensor in single["model"].state_dict().items():
+        torch.testing.assert_close(ranks[0]["weights"][key], tensor, rtol=0, atol=1e-5)
+    for (step, loss), (single_step, single_loss) in zip(ranks[0]["history"], single["history"]):
+        assert step == single_step and loss == pytest.approx(single_loss, rel=1e-4)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    run_tiny_training(tmp_path, steps=5)
+    with pytest.raises(CheckpointError, match="other settings.*steps"):
+        run_tiny_training(tmp_path, steps=8)

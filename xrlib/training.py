@@ -1,0 +1,296 @@
+"""The generic training loop: one process, one GPU or many (torchrun DDP), resumable after any kill.
+
+:func:`train` runs AdamW with linear warm-up and cosine decay of the learning rate, gradient
+clipping, an EMA copy of the weights, bf16 autocast on CUDA, a tqdm bar and dvclive logging
+(loss, learning rate, sample images). Every ``checkpoint_every`` steps rank 0 writes an atomic
+checkpoint (model, EMA, optimizer, LR schedule, RNG states, step; see :mod:`xrlib.checkpoint`);
+a new run finding one resumes there and continues as if it had never stopped.
+
+Exact resumption rests on one rule: nothing random depends on the process's history. The data
+order (:class:`SeededBatches`) and each sample's seed are functions of the run's seed and the
+global sample number, so step ``s`` sees the same samples (and the loss draws the same noise)
+whether the run is fresh, resumed, or split over any number of ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from xrlib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from xrlib.errors import CheckpointError, ConfigError
+
+LossFn = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
+
+
+RESULT_SETTINGS = ("steps", "batch_size", "learning_rate", "weight_decay", "warmup_steps", "grad_clip_norm",
+                   "ema_decay", "seed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (the ``train`` part of a params.yaml config); ``batch_size`` is per rank."""
+
+    steps: int = 300
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    grad_clip_norm: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    sample_every: int = 0
+    seed: int = 0
+    num_workers: int = 0
+    bf16: bool = True
+    device: str = "auto"
+    progress: bool = True
+    dvclive: bool = True
+
+    def fingerprint(self, n_items: int) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote the checkpoint (not logging or workers)."""
+        settings = {k: v for k, v in asdict(self).items() if k in RESULT_SETTINGS}
+        return {**settings, "n_items": int(n_items)}
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown training parameters {unknown}; known ones are {sorted(known)}")
+        config = cls(**values)
+        if config.steps < 1 or config.batch_size < 1 or config.checkpoint_every < 1:
+            raise ConfigError("train.steps, train.batch_size and train.checkpoint_every must be positive")
+        return config
+
+
+def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: this rank's CUDA GPU if there is one, else Apple's MPS, else the CPU."""
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Join the process group torchrun describes (env RANK, WORLD_SIZE, LOCAL_RANK); return them.
+
+    NCCL on CUDA, gloo otherwise; single- or multi-node alike (torchrun's rendezvous sets the env).
+    Without torchrun (WORLD_SIZE unset or 1) nothing happens and (0, 1, 0) is returned.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return rank, world_size, local_rank
+
+
+def sample_seed(seed: int, global_sample: int) -> int:
+    """The seed of the ``global_sample``-th sample drawn in a run seeded ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(global_sample)]).generate_state(1)[0])
+
+
+class SeededBatches(torch.utils.data.Sampler):
+    """Batches of ``(index, sample_seed)`` for steps ``start_step`` to ``end_step`` (exclusive).
+
+    The run draws one stream of samples, epoch after epoch, each epoch a permutation seeded by
+    (seed, epoch). Step ``s`` takes global samples ``s*B*W`` to ``(s+1)*B*W``; rank ``r`` gets
+    the ``r``-th block of ``B``. A step's samples are thus the same for any start and rank split.
+    """
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, start_step: int, end_step: int,
+                 rank: int = 0, world_size: int = 1):
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self.start_step, self.end_step = start_step, end_step
+        self.rank, self.world_size = rank, world_size
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def _index(self, global_sample: int) -> int:
+        epoch, position = divmod(global_sample, self.n_items)
+        if epoch not in self._permutations:
+            self._permutations = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n_items)}
+        return int(self._permutations[epoch][position])
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_step = self.batch_size * self.world_size
+        for step in range(self.start_step, self.end_step):
+            first = step * per_step + self.rank * self.batch_size
+            yield [(self._index(g), sample_seed(self.seed, g)) for g in range(first, first + self.batch_size)]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor at ``step``: linear warm-up from 0 to 1, then half a cosine down to 0."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay with warm-up, min(decay, (1 + step) / (10 + step)), so early averages forget the init."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
+    for ema_param, param in zip(ema.parameters(), model.parameters()):
+        ema_param.lerp_(param.detach(), 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+def _drop_logged_after(live_dir: Path, step: int) -> None:
+    """Remove dvclive metric rows past ``step`` (logged by a run killed after its last checkpoint)."""
+    for table in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        with open(table, newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        if rows and int(rows[-1]["step"]) > step:
+            kept = [r for r in rows if int(r["step"]) <= step]
+            with open(table, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
+                writer.writeheader()
+                writer.writerows(kept)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _images_for_log(images: torch.Tensor) -> np.ndarray:
+    """(B, 1, H, W) in [0, 1] -> one 8-bit greyscale strip for dvclive."""
+    strip = torch.cat(list(images[:, 0].float().clamp(0, 1).cpu()), dim=-1)
+    return (strip.numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def train(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    dataset: torch.utils.data.Dataset,
+    config: TrainConfig | Mapping[str, Any],
+    run_dir: str | os.PathLike,
+    model_config: Mapping[str, Any],
+    sample_fn: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``dataset`` with ``loss_fn(model, batch)``; resume from ``run_dir/checkpoints``.
+
+    ``model_config`` (JSON-able) is stored with the weights and checked on resume. ``sample_fn``
+    maps the EMA model to images (B, 1, H, W) in [0, 1] logged every ``sample_every`` steps;
+    ``on_step(step)`` is called after every step (and checkpoint). If a process group is initialised (see
+    :func:`init_distributed`) the model is wrapped in DDP, the loss averaged over ranks, and only
+    rank 0 writes checkpoints and logs. Returns {"model", "ema", "step", "history"}; history holds
+    (step, mean loss of the last ``log_every`` steps, averaged over ranks) for this run.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_mapping(config)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    run_dir = Path(run_dir)
+    checkpoints, live_dir = run_dir / "checkpoints", run_dir / "dvclive"
+
+    torch.manual_seed(cfg.seed)
+    model = model.to(device).train()
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps))
+    start_step = 0
+    found = latest_checkpoint(checkpoints)
+    fingerprint = cfg.fingerprint(len(dataset))
+    if found is not None:
+        restored = load_checkpoint(found, {"model": model, "ema": ema}, {"optimizer": optimizer}, {"lr": lr_schedule},
+                                   model_config)
+        stored = restored["extra"].get("fingerprint", {})
+        differing = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+        if differing:
+            raise CheckpointError(f"{found}: written by a run with other settings ({', '.join(differing)}); "
+                                  f"delete {checkpoints} to start afresh or restore those settings")
+        start_step = restored["step"]
+    network = model
+    if distributed:
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=SeededBatches(len(dataset), cfg.batch_size, cfg.seed, start_step, cfg.steps, rank, world_size),
+        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
+    live = None
+    if rank == 0 and cfg.dvclive:
+        from dvclive import Live
+
+        _drop_logged_after(live_dir, start_step)
+        live = Live(str(live_dir), resume=start_step > 0, save_dvc_exp=False, dvcyaml=False, report=None)
+        live.log_params({f"train.{k}": v for k, v in asdict(cfg).items()})
+    history: list[tuple[int, float]] = []
+    step = start_step
+    interval_loss, interval_steps = torch.zeros((), device=device), 0
+    with tqdm(total=cfg.steps, initial=start_step, disable=rank != 0 or not cfg.progress, desc="train") as bar:
+        for step, batch in enumerate(loader, start=start_step + 1):
+            with autocast:
+                loss = loss_fn(network, _to_device(batch, device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+            optimizer.step()
+            lr_schedule.step()
+            update_ema(ema, model, ema_decay_at(step, cfg.ema_decay))
+            bar.update(1)
+            interval_loss = interval_loss + loss.detach().float()
+            interval_steps += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:  # the only host sync of a step
+                mean_loss = interval_loss / interval_steps
+                if distributed:
+                    dist.all_reduce(mean_loss, op=dist.ReduceOp.SUM)
+                    mean_loss /= world_size
+                loss_float = float(mean_loss)
+                interval_loss, interval_steps = torch.zeros((), device=device), 0
+                if not math.isfinite(loss_float):
+                    raise ConfigError(f"training diverged by step {step} (loss {loss_float}); lower train.learning_rate")
+                history.append((step, loss_float))
+                bar.set_postfix(loss=f"{loss_float:.4f}")
+                if live is not None:
+                    live.step = step
+                    live.log_metric("train/loss", loss_float)
+                    live.log_metric("train/learning_rate", lr_schedule.get_last_lr()[0])
+            if live is not None and sample_fn is not None and cfg.sample_every and (
+                    step % cfg.sample_every == 0 or step == cfg.steps):
+                live.step = step
+                live.log_image(f"samples/{step:08d}.png", _images_for_log(sample_fn(ema)))
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                if rank == 0:
+                    save_checkpoint(checkpoints, step, {"model": model, "ema": ema}, {"optimizer": optimizer},
+                                    {"lr": lr_schedule}, model_config, {"fingerprint": fingerprint},
+                                    keep_last=cfg.keep_checkpoints)
+                if distributed:
+                    dist.barrier()
+            if on_step is not None:
+                on_step(step)
+    if live is not None:
+        live.make_summary()
+        live.end()
+    return {"model": model, "ema": ema, "step": step, "history": history}
