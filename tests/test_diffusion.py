@@ -84,11 +84,11 @@ def test_cosine_and_linear_schedules_follow_their_formulas():
 @pytest.mark.parametrize("loss", ["l1", "l2"])
 def test_loss_vanishes_for_the_exact_denoiser_only(prediction_type, loss):
     scheduler = make_scheduler("ddpm", {**SCHEDULE, "prediction_type": prediction_type})
-    clean = torch.rand(4, 1, 8, 8) * 1.6 - 0.8
+    clean = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
     exact = ExactDenoiser(scheduler, condition_is_clean, prediction_type)
     assert diffusion_loss(exact, scheduler, clean, [1, 2, 3, 4], clean, loss) < 1e-3
     wrong = ExactDenoiser(scheduler, lambda n, c, a: torch.zeros_like(c), prediction_type)
-    assert diffusion_loss(wrong, scheduler, clean, [1, 2, 3, 4], clean, loss) > 0.05
+    assert diffusion_loss(wrong, scheduler, clean, [1, 2, 3, 4], clean, loss) > 0.02  # >= 0.04 over seeds
 
 
 def test_each_samples_loss_term_is_independent_of_its_batch():
