@@ -283,3 +283,70 @@ def build_pairs(
     manifest = pd.DataFrame(rows, columns=PAIR_COLUMNS)
     write_csv_atomic(output_dir / "pairs.csv", manifest)
     return manifest
+
+
+def pair_generators(
+    ddpm_unet: torch.nn.Module,
+    ddpm_scheduler: Any,
+    ddpm_params: Mapping[str, Any],
+    munit_model: torch.nn.Module,
+    munit_params: Mapping[str, Any],
+) -> dict[str, tuple[Translate, dict[str, Any]]]:
+    """The three generators for :func:`build_pairs`: bicubic, DDPM-LQ (SDEdit + ILVR) and MUNIT-LQ (sampled style)."""
+    from xrlib.munit import translate_hq_to_lq
+
+    ddpm = {k: ddpm_params[k] for k in ("strength", "num_inference_steps", "ilvr_factor")}
+
+    def ddpm_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
+        return sdedit_translate(ddpm_unet, ddpm_scheduler, hq_small, seed=seed, **ddpm)
+
+    def munit_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
+        return translate_hq_to_lq(munit_model, hq_small, seed=seed)
+
+    return {
+        "bicubic": (bicubic_twin, {"method": "bicubic, antialiased"}),
+        "ddpm": (ddpm_twin, {**ddpm, "sampler": ddpm_params.get("sampler", "ddpm")}),
+        "munit": (munit_twin, {"style": "sampled N(0, I)", **dict(munit_params)}),
+    }
+
+
+def manifest_translation_checks(manifest: pd.DataFrame, root: Path, drr_display: torch.Tensor, hq_px: int,
+                                low_pass_sigma_px: float, split: str | None = None) -> pd.DataFrame:
+    """:func:`translation_report` for each generator of a pair manifest (optionally one split), one row per generator."""
+    rows = []
+    chosen = manifest if split is None else manifest[manifest.split == split]
+    for generator, group in chosen.groupby("generator", sort=True):
+        hq = load_display_stack([root / p for p in group.hq_path], hq_px)
+        lq = torch.cat([torch.from_numpy(load_png(root / p))[None, None] for p in group.lq_path])
+        rows.append({"generator": generator, "n_images": len(group), **translation_report(hq, lq, drr_display, low_pass_sigma_px)})
+    return pd.DataFrame(rows)
+
+
+class DisplayImageDataset(torch.utils.data.Dataset):
+    """Unconditional training images for :func:`xrlib.training.train`: item (index, seed) -> {"image" in [-1, 1], "seed"}."""
+
+    def __init__(self, images_display: torch.Tensor):
+        self.images = images_display * 2 - 1
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = (key, 0) if isinstance(key, (int, np.integer)) else key
+        return {"image": self.images[int(index)], "seed": int(seed)}
+
+
+def read_drr_paths(root: Path) -> list[Path]:
+    """The DRR display PNGs of stage 01 (outputs/01_drr/drrs.csv, drr/<drr_id>.png)."""
+    table_path = root / "outputs" / "01_drr" / "drrs.csv"
+    if not table_path.is_file():
+        raise DataError(f"{table_path}: missing; run the 01_drr stage first (dvc repro drr)")
+    return [root / "outputs" / "01_drr" / "drr" / f"{drr_id}.png" for drr_id in pd.read_csv(table_path).drr_id]
+
+
+def read_hq_manifest(root: Path) -> pd.DataFrame:
+    """The HQ X-ray manifest of stage 00 (image_id, patient_id, split, path relative to the root)."""
+    table_path = root / "outputs" / "00_data" / "xray_manifest.csv"
+    if not table_path.is_file():
+        raise DataError(f"{table_path}: missing; run the 00_data stage first (dvc repro data)")
+    return pd.read_csv(table_path, dtype={"image_id": str, "patient_id": str})
