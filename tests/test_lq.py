@@ -1,0 +1,275 @@
+"""LQ twins: translation checks on known cases, SDEdit/ILVR against an exact denoiser, pair manifest, MUNIT on real X-rays."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.models.unets.unet_2d import UNet2DOutput
+
+from xrlib.io import load_png, save_png16
+from xrlib.lq import (
+    PAIR_COLUMNS, bicubic_twin, build_pairs, fraction_moved, gaussian_blur, load_display_stack, low_pass_ssim,
+    radial_power_spectrum, resize_display, sdedit_translate, sharpness, split_by_patient, translation_report,
+)
+from xrlib.errors import ConfigError, DataError
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+HANNOVER = SHARED / "data" / "hannover-cxr"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def textured_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """HQ-like display images: smooth 'anatomy' plus fine texture, in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    anatomy = torch.nn.functional.interpolate(torch.rand(n, 1, 4, 4, generator=g), size=(size, size), mode="bicubic", align_corners=False)
+    return (0.2 + 0.6 * anatomy + 0.1 * torch.randn(n, 1, size, size, generator=g)).clamp(0, 1)
+
+
+def drr_like(hq: torch.Tensor, sigma_px: float = 2.0) -> torch.Tensor:
+    """A DRR-like LQ domain for tests: blurred, noise-free, lower contrast."""
+    blurred = gaussian_blur(hq, sigma_px)
+    mean = blurred.mean(dim=(2, 3), keepdim=True)
+    return (mean + 0.6 * (blurred - mean)).clamp(0, 1)
+
+
+def test_gaussian_blur_keeps_constants_and_has_the_requested_width():
+    assert torch.allclose(gaussian_blur(torch.full((1, 1, 9, 9), 0.3), 1.5), torch.full((1, 1, 9, 9), 0.3))
+    impulse = torch.zeros(1, 1, 41, 41)
+    impulse[..., 20, 20] = 1
+    response = gaussian_blur(impulse, 2.0)[0, 0]
+    offsets = torch.arange(41.0) - 20
+    assert float(response.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float((response.sum(0) * offsets ** 2).sum()) == pytest.approx(4.0, rel=0.02)  # variance sigma^2
+
+
+def test_radial_power_spectrum_puts_a_cosine_in_its_bin():
+    size = 64
+    x = torch.arange(size, dtype=torch.float64)
+    image = (0.5 + 0.2 * torch.cos(2 * torch.pi * 8 * x / size))[None, :].expand(size, size)[None, None]
+    frequency, power = radial_power_spectrum(image)
+    assert frequency[power[0].argmax()] == pytest.approx(8 / 64)
+    assert float(power.sum()) == pytest.approx(1.0)
+    assert power.shape == (1, 32)
+
+
+def test_sharpness_of_a_blurred_image_drops_and_ignores_contrast():
+    image = textured_images(2, 64, seed=0)
+    assert torch.all(sharpness(gaussian_blur(image, 2.0)) < 0.5 * sharpness(image))
+    assert torch.allclose(sharpness(0.5 * image), sharpness(image), rtol=1e-4)
+
+
+def test_fraction_moved_hand_values():
+    assert fraction_moved(torch.tensor(2.0), torch.tensor(4.0), torch.tensor(3.0)) == pytest.approx(0.5)
+    assert fraction_moved(torch.zeros(2), torch.tensor([2.0, 0.0]), torch.tensor([1.0, 5.0])) == pytest.approx(0.5)
+    with pytest.raises(DataError, match="coincide"):
+        fraction_moved(torch.ones(2), torch.ones(2), torch.zeros(2))
+
+
+def test_low_pass_ssim_is_one_for_identical_images_and_ignores_fine_texture():
+    image = textured_images(2, 64, seed=1)
+    assert torch.allclose(low_pass_ssim(image, image.clone(), 2.0), torch.ones(2))
+    fine_noise = (image + 0.1 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert float(low_pass_ssim(image, fine_noise, 3.0).min()) > 0.95
+    assert float(low_pass_ssim(image, fine_noise, 0.0).max()) < 0.9
+    assert float(low_pass_ssim(image, textured_images(2, 64, seed=9), 3.0).max()) < 0.9  # other anatomy
+
+
+def test_blur_moves_the_spectrum_and_sharpness_toward_a_blurred_reference():
+    hq = textured_images(6, 64, seed=2)
+    drrs = gaussian_blur(textured_images(6, 64, seed=3), 2.0)  # other images, same blur
+    unchanged = translation_report(hq, hq, drrs, low_pass_sigma_px=3.0)
+    assert unchanged["spectrum_fraction"] == pytest.approx(0.0, abs=1e-9) and unchanged["low_pass_ssim"] == pytest.approx(1.0)
+    half = translation_report(hq, gaussian_blur(hq, 1.0), drrs, 3.0)
+    full = translation_report(hq, gaussian_blur(hq, 2.0), drrs, 3.0)
+    assert 0.2 < half["spectrum_fraction"] < full["spectrum_fraction"]
+    assert full["spectrum_fraction"] == pytest.approx(1.0, abs=0.1)
+    assert 0.2 < half["sharpness_fraction"] < full["sharpness_fraction"]
+    assert full["sharpness_fraction"] == pytest.approx(1.0, abs=0.1)
+    assert full["low_pass_ssim"] > 0.95
+    # the bicubic baseline (down 2x, measured back at the HQ size) also blurs: it moves, but less than the full blur
+    bicubic = translation_report(hq, resize_display(hq, 32), drrs, 3.0)
+    assert 0 < bicubic["spectrum_fraction"] < full["spectrum_fraction"]
+
+
+def test_split_by_patient_keeps_patients_whole_and_is_seeded():
+    patients = [f"p{i // 3}" for i in range(60)]  # 20 patients, 3 images each
+    assignment = split_by_patient(patients, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=4)
+    assert set(assignment) == set(patients)
+    counts = pd.Series(assignment).value_counts()
+    assert counts.to_dict() == {"train": 14, "val": 3, "test": 3}
+    assert assignment == split_by_patient(list(reversed(patients)), {"train": 0.7, "val": 0.15, "test": 0.15}, seed=4)
+    assert assignment != split_by_patient(patients, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=5)
+
+
+class DeltaDenoiser(torch.nn.Module):
+    """The exact noise predictor when every training image is ``target``: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
+
+    def __init__(self, target_display: torch.Tensor, scheduler):
+        super().__init__()
+        self.target = target_display * 2 - 1
+        self.alphas_cumprod = scheduler.alphas_cumprod
+
+    def forward(self, sample, timestep):
+        abar = self.alphas_cumprod[int(timestep)]
+        return UNet2DOutput(sample=(sample - abar.sqrt() * self.target) / (1 - abar).sqrt())
+
+
+class GaussianDenoiser(torch.nn.Module):
+    """The exact noise predictor when pixels are i.i.d. N(mean, std^2) (in [-1, 1] units): E[x0 | x_t] is linear in x_t."""
+
+    def __init__(self, mean: float, std: float, scheduler):
+        super().__init__()
+        self.mean, self.var = mean, std ** 2
+        self.alphas_cumprod = scheduler.alphas_cumprod
+
+    def forward(self, sample, timestep):
+        abar = self.alphas_cumprod[int(timestep)]
+        x0 = self.mean + abar.sqrt() * self.var / (abar * self.var + 1 - abar) * (sample - abar.sqrt() * self.mean)
+        return UNet2DOutput(sample=(sample - abar.sqrt() * x0) / (1 - abar).sqrt())
+
+
+def ddim_gain(scheduler, timesteps, var: float) -> float:
+    """The exact factor DDIM with the Gaussian denoiser applies to (x_t - sqrt(abar) m) over the given steps, down to abar = 1.
+
+    One step t -> t': y' = y (sqrt(abar' abar) s^2 + sqrt((1 - abar')(1 - abar))) / (abar s^2 + 1 - abar).
+    """
+    abars = [float(scheduler.alphas_cumprod[t]) for t in timesteps] + [1.0]
+    gain = 1.0
+    for abar, abar_next in zip(abars[:-1], abars[1:]):
+        gain *= ((abar_next * abar) ** 0.5 * var + ((1 - abar_next) * (1 - abar)) ** 0.5) / (abar * var + 1 - abar)
+    return gain
+
+
+def test_sdedit_strength_sets_how_much_of_the_hq_image_survives():
+    """For Gaussian pixels N(0, s^2) DDIM is linear: the output regressed on the HQ image has slope sqrt(abar_t0) * ddim_gain."""
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    std = 0.2
+    denoiser = GaussianDenoiser(0.0, std, scheduler)
+    hq = textured_images(1, 64, seed=4)
+    centred_hq = (hq * 2 - 1).flatten()
+    centred_hq = centred_hq - centred_hq.mean()
+    slopes = []
+    for strength in (0.05, 0.3, 0.6, 1.0):
+        out = sdedit_translate(denoiser, scheduler, hq, strength=strength, num_inference_steps=50, seed=0) * 2 - 1
+        used = [int(t) for t in scheduler.timesteps if t < strength * 1000]
+        expected_slope = float(scheduler.alphas_cumprod[used[0]]) ** 0.5 * ddim_gain(scheduler, used, std ** 2)
+        slopes.append(float((out.flatten() * centred_hq).sum() / (centred_hq ** 2).sum()))
+        assert slopes[-1] == pytest.approx(expected_slope, abs=0.03), strength
+    assert slopes[0] > 0.7 and slopes[-1] < 0.05 and slopes == sorted(slopes, reverse=True)
+    with pytest.raises(ConfigError, match="strength"):
+        sdedit_translate(denoiser, scheduler, hq, strength=0.0, num_inference_steps=50)
+
+
+def test_sdedit_reaches_the_lq_domain_and_ilvr_keeps_the_hq_low_pass():
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    hq = textured_images(1, 32, seed=4)
+    target = drr_like(textured_images(1, 32, seed=5))  # the whole LQ 'domain' is this one image
+    denoiser = DeltaDenoiser(target, scheduler)
+
+    def distance(a, b):
+        return float((a - b).abs().mean())
+
+    full = sdedit_translate(denoiser, scheduler, hq, strength=1.0, num_inference_steps=50, seed=0)
+    assert distance(full, target) < 1e-3
+    guided = sdedit_translate(denoiser, scheduler, hq, strength=1.0, num_inference_steps=50, ilvr_factor=4, seed=0)
+    assert float(low_pass_ssim(guided, hq, 3.0)) > 0.9 > float(low_pass_ssim(full, hq, 3.0))
+    fine = lambda x: x - gaussian_blur(x, 1.0)  # noqa: E731
+    assert distance(fine(guided), fine(target)) < distance(fine(guided), fine(hq))
+
+
+def test_sdedit_with_a_diffusers_unet_is_deterministic_for_a_seed():
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4).eval()
+    hq = textured_images(2, 16, seed=6)
+    for scheduler in (DDPMScheduler(num_train_timesteps=100), DDIMScheduler(num_train_timesteps=100)):
+        first = sdedit_translate(unet, scheduler, hq, 0.5, 10, ilvr_factor=2, seed=3)
+        assert first.shape == hq.shape and 0 <= first.min() and first.max() <= 1
+        assert torch.equal(first, sdedit_translate(unet, scheduler, hq, 0.5, 10, ilvr_factor=2, seed=3))
+    assert not torch.equal(first, sdedit_translate(unet, scheduler, hq, 0.5, 10, ilvr_factor=2, seed=4))
+
+
+def test_build_pairs_writes_images_and_a_manifest(tmp_path):
+    images = textured_images(3, 48, seed=7)
+    table = pd.DataFrame({"image_id": ["a", "b", "c"], "patient_id": ["p1", "p1", "p2"], "split": ["train", "train", "test"],
+                          "path": [f"in/{i}.png" for i in "abc"]})
+    for image_id, image in zip("abc", images):
+        save_png16(tmp_path / "in" / f"{image_id}.png", image[0].numpy())
+    blur = lambda x, seed: gaussian_blur(x, 1.0)  # noqa: E731
+    manifest = build_pairs(table, {"bicubic": (bicubic_twin, {}), "blur": (blur, {"sigma_px": 1.0})},
+                           tmp_path, tmp_path / "outputs" / "pairs", hq_px=32, lq_px=16, seed=0)
+    assert list(manifest.columns) == PAIR_COLUMNS and len(manifest) == 6
+    assert manifest.pair_id.is_unique and set(manifest.generator) == {"bicubic", "blur"}
+    assert json.loads(manifest.set_index("pair_id").loc["blur-a", "generator_params"]) == {"sigma_px": 1.0}
+    assert manifest.set_index("pair_id").loc["bicubic-c", "split"] == "test"
+    assert pd.read_csv(tmp_path / "outputs" / "pairs" / "pairs.csv").equals(manifest)
+    row = manifest.set_index("pair_id").loc["bicubic-b"]
+    hq, lq = load_png(tmp_path / row.hq_path), load_png(tmp_path / row.lq_path)
+    assert hq.shape == (32, 32) and lq.shape == (16, 16)
+    expected_lq = resize_display(torch.from_numpy(hq)[None, None], 16)[0, 0].numpy()
+    assert np.abs(lq - expected_lq).max() < 2e-3  # 16-bit quantisation of the HQ in between
+    with pytest.raises(ConfigError, match="smaller"):
+        build_pairs(table, {}, tmp_path, tmp_path / "x", hq_px=16, lq_px=16, seed=0)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+@pytest.mark.skipif(not HANNOVER.is_dir(), reason="needs ../shared/data/hannover-cxr")
+def test_munit_on_real_xrays_moves_toward_the_drr_like_domain_and_keeps_anatomy(tmp_path):
+    from xrlib.munit import MunitConfig, MunitTraining, train_munit, translate_hq_to_lq
+
+    table = pd.read_csv(HANNOVER / "data.csv").sort_values("image_id")
+    patients = sorted(table.patient_id.unique())
+    hq_train = load_display_stack([HANNOVER / "png" / f"{i}.png" for i in table[table.patient_id.isin(patients[:6])].image_id[:12]], 40)
+    drr_domain = drr_like(load_display_stack([HANNOVER / "png" / f"{i}.png" for i in table[table.patient_id.isin(patients[6:12])].image_id[:12]], 40))
+    hq_test = load_display_stack([HANNOVER / "png" / f"{i}.png" for i in table[table.patient_id.isin(patients[-4:])].image_id[:6]], 32)
+    config = MunitConfig(base_channels=8, n_downsample=2, n_res_blocks=2, mlp_dim=32, disc_channels=8, disc_layers=3, disc_scales=2)
+    training = MunitTraining(steps=120, batch_size=2, crop_px=32, learning_rate=2e-3, checkpoint_every=200, seed=0)
+    model = train_munit(hq_train, drr_domain, config, training, tmp_path)
+    lq = translate_hq_to_lq(model, hq_test, seed=0)
+    report = translation_report(hq_test, lq, resize_display(drr_domain, 32), low_pass_sigma_px=2.0)
+    print("MUNIT on Hannover, 32 px:", report)
+    assert report["spectrum_fraction"] > 0.3
+    assert report["sharpness_fraction"] > 0.3
+    assert report["low_pass_ssim"] > 0.5  # 200 steps at 32 px: 0.70; 120 steps: 0.60
+
+
+def test_the_three_generators_make_pairs_and_their_checks(tmp_path):
+    from xrlib.lq import DisplayImageDataset, manifest_translation_checks, pair_generators
+    from xrlib.munit import Munit, MunitConfig, translate_hq_to_lq
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4).eval()
+    munit = Munit(MunitConfig(base_channels=4, n_downsample=1, n_res_blocks=1, mlp_dim=8, disc_channels=4, disc_layers=2, disc_scales=1)).eval()
+    generators = pair_generators(unet, DDIMScheduler(num_train_timesteps=100), {"strength": 0.3, "num_inference_steps": 5, "ilvr_factor": 2, "sampler": "ddim"},
+                                 munit, {"steps": 0})
+    images = textured_images(2, 32, seed=8)
+    table = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p1", "p2"], "split": ["train", "val"], "path": ["a.png", "b.png"]})
+    for image_id, image in zip("ab", images):
+        save_png16(tmp_path / f"{image_id}.png", image[0].numpy())
+    manifest = build_pairs(table, generators, tmp_path, tmp_path / "pairs", hq_px=32, lq_px=16, seed=10)
+    assert sorted(manifest.generator.unique()) == ["bicubic", "ddpm", "munit"]
+    assert json.loads(manifest.set_index("pair_id").loc["ddpm-b", "generator_params"])["strength"] == 0.3
+    munit_b = torch.from_numpy(load_png(tmp_path / manifest.set_index("pair_id").loc["munit-b", "lq_path"]))
+    hq_b_small = resize_display(torch.from_numpy(load_png(tmp_path / "pairs" / "hq" / "b.png"))[None, None], 16)
+    assert torch.allclose(munit_b, translate_hq_to_lq(munit, hq_b_small, seed=11)[0, 0], atol=2e-5)  # seed + row index
+    checks = manifest_translation_checks(manifest, tmp_path, drr_like(images), hq_px=32, low_pass_sigma_px=2.0)
+    assert list(checks.generator) == ["bicubic", "ddpm", "munit"] and set(checks.n_images) == {2}
+    assert checks.set_index("generator").loc["bicubic", "low_pass_ssim"] > 0.9
+    assert len(manifest_translation_checks(manifest, tmp_path, drr_like(images), 32, 2.0, split="val")) == 3
+    dataset = DisplayImageDataset(images)
+    assert len(dataset) == 2 and dataset[(1, 5)]["seed"] == 5 and torch.equal(dataset[1]["image"], images[1] * 2 - 1)
