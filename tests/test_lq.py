@@ -10,12 +10,15 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
+from xrlib.diffusion import ilvr_guidance, sdedit
 from xrlib.io import load_png, save_png16
 from xrlib.lq import (
-    PAIR_COLUMNS, bicubic_twin, build_pairs, fraction_moved, gaussian_blur, load_display_stack, low_pass_ssim,
-    radial_power_spectrum, resize_display, sdedit_translate, sharpness, split_by_patient, translation_report,
+    bicubic_twin, build_pairs, fraction_moved, gaussian_blur, load_display_stack, low_pass_ssim, sharpness,
+    spectrum_shape, translation_report,
 )
 from xrlib.errors import ConfigError, DataError
+from xrlib.metrics import radial_power_spectrum
+from xrlib.pairs_dataset import PAIR_COLUMNS, resize_bicubic
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HANNOVER = SHARED / "data" / "hannover-cxr"
@@ -53,14 +56,16 @@ def test_gaussian_blur_keeps_constants_and_has_the_requested_width():
     assert float((response.sum(0) * offsets ** 2).sum()) == pytest.approx(4.0, rel=0.02)  # variance sigma^2
 
 
-def test_radial_power_spectrum_puts_a_cosine_in_its_bin():
+def test_radial_power_spectrum_puts_a_cosine_in_its_bin_and_its_shape_ignores_contrast():
     size = 64
     x = torch.arange(size, dtype=torch.float64)
     image = (0.5 + 0.2 * torch.cos(2 * torch.pi * 8 * x / size))[None, :].expand(size, size)[None, None]
-    frequency, power = radial_power_spectrum(image)
+    frequency, power = radial_power_spectrum(image, n_bins=size // 2)
     assert frequency[power[0].argmax()] == pytest.approx(8 / 64)
-    assert float(power.sum()) == pytest.approx(1.0)
     assert power.shape == (1, 32)
+    shape = spectrum_shape(image)
+    assert float((10 ** shape).sum()) == pytest.approx(1.0, abs=1e-6)  # unit total power
+    assert torch.allclose(10 ** spectrum_shape(0.5 + 0.3 * (image - 0.5)), 10 ** shape, atol=1e-7)
 
 
 def test_sharpness_of_a_blurred_image_drops_and_ignores_contrast():
@@ -98,18 +103,8 @@ def test_blur_moves_the_spectrum_and_sharpness_toward_a_blurred_reference():
     assert full["sharpness_fraction"] == pytest.approx(1.0, abs=0.1)
     assert full["low_pass_ssim"] > 0.95
     # the bicubic baseline (down 2x, measured back at the HQ size) also blurs: it moves, but less than the full blur
-    bicubic = translation_report(hq, resize_display(hq, 32), drrs, 3.0)
+    bicubic = translation_report(hq, resize_bicubic(hq, (32, 32)), drrs, 3.0)
     assert 0 < bicubic["spectrum_fraction"] < full["spectrum_fraction"]
-
-
-def test_split_by_patient_keeps_patients_whole_and_is_seeded():
-    patients = [f"p{i // 3}" for i in range(60)]  # 20 patients, 3 images each
-    assignment = split_by_patient(patients, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=4)
-    assert set(assignment) == set(patients)
-    counts = pd.Series(assignment).value_counts()
-    assert counts.to_dict() == {"train": 14, "val": 3, "test": 3}
-    assert assignment == split_by_patient(list(reversed(patients)), {"train": 0.7, "val": 0.15, "test": 0.15}, seed=4)
-    assert assignment != split_by_patient(patients, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=5)
 
 
 class DeltaDenoiser(torch.nn.Module):
@@ -117,6 +112,7 @@ class DeltaDenoiser(torch.nn.Module):
 
     def __init__(self, target_display: torch.Tensor, scheduler):
         super().__init__()
+        self.device_anchor = torch.nn.Parameter(torch.zeros(()))  # sdedit reads the device from the parameters
         self.target = target_display * 2 - 1
         self.alphas_cumprod = scheduler.alphas_cumprod
 
@@ -130,6 +126,7 @@ class GaussianDenoiser(torch.nn.Module):
 
     def __init__(self, mean: float, std: float, scheduler):
         super().__init__()
+        self.device_anchor = torch.nn.Parameter(torch.zeros(()))
         self.mean, self.var = mean, std ** 2
         self.alphas_cumprod = scheduler.alphas_cumprod
 
@@ -151,8 +148,18 @@ def ddim_gain(scheduler, timesteps, var: float) -> float:
     return gain
 
 
+def sdedit_display(model, scheduler, hq, strength, steps, seed, ilvr_factor=0):
+    """diffusion.sdedit (+ ILVR) on display images, one seeded generator, as the DDPM-LQ generator uses it."""
+    generator = torch.Generator().manual_seed(seed)
+    guidance = ilvr_guidance(hq * 2 - 1, ilvr_factor, scheduler, generator) if ilvr_factor else None
+    return (sdedit(model, scheduler, hq * 2 - 1, strength, steps, generator, guidance=guidance) + 1) / 2
+
+
 def test_sdedit_strength_sets_how_much_of_the_hq_image_survives():
-    """For Gaussian pixels N(0, s^2) DDIM is linear: the output regressed on the HQ image has slope sqrt(abar_t0) * ddim_gain."""
+    """For Gaussian pixels N(0, s^2) DDIM is linear: the output regressed on the HQ image has slope sqrt(abar_t0) * ddim_gain.
+
+    strength = fraction of the 50 steps re-run: the last round(50 strength) timesteps, the first of them t0.
+    """
     scheduler = DDIMScheduler(num_train_timesteps=1000)
     std = 0.2
     denoiser = GaussianDenoiser(0.0, std, scheduler)
@@ -161,14 +168,15 @@ def test_sdedit_strength_sets_how_much_of_the_hq_image_survives():
     centred_hq = centred_hq - centred_hq.mean()
     slopes = []
     for strength in (0.05, 0.3, 0.6, 1.0):
-        out = sdedit_translate(denoiser, scheduler, hq, strength=strength, num_inference_steps=50, seed=0) * 2 - 1
-        used = [int(t) for t in scheduler.timesteps if t < strength * 1000]
+        out = sdedit_display(denoiser, scheduler, hq, strength, 50, seed=0) * 2 - 1
+        used = [int(t) for t in scheduler.timesteps[50 - max(1, round(50 * strength)):]]
+        assert len(used) == max(1, round(50 * strength)) and used[-1] == 0
         expected_slope = float(scheduler.alphas_cumprod[used[0]]) ** 0.5 * ddim_gain(scheduler, used, std ** 2)
         slopes.append(float((out.flatten() * centred_hq).sum() / (centred_hq ** 2).sum()))
         assert slopes[-1] == pytest.approx(expected_slope, abs=0.03), strength
     assert slopes[0] > 0.7 and slopes[-1] < 0.05 and slopes == sorted(slopes, reverse=True)
     with pytest.raises(ConfigError, match="strength"):
-        sdedit_translate(denoiser, scheduler, hq, strength=0.0, num_inference_steps=50)
+        sdedit_display(denoiser, scheduler, hq, 0.0, 50, seed=0)
 
 
 def test_sdedit_reaches_the_lq_domain_and_ilvr_keeps_the_hq_low_pass():
@@ -180,25 +188,29 @@ def test_sdedit_reaches_the_lq_domain_and_ilvr_keeps_the_hq_low_pass():
     def distance(a, b):
         return float((a - b).abs().mean())
 
-    full = sdedit_translate(denoiser, scheduler, hq, strength=1.0, num_inference_steps=50, seed=0)
+    full = sdedit_display(denoiser, scheduler, hq, 1.0, 50, seed=0)
     assert distance(full, target) < 1e-3
-    guided = sdedit_translate(denoiser, scheduler, hq, strength=1.0, num_inference_steps=50, ilvr_factor=4, seed=0)
+    guided = sdedit_display(denoiser, scheduler, hq, 1.0, 50, seed=0, ilvr_factor=4)
     assert float(low_pass_ssim(guided, hq, 3.0)) > 0.9 > float(low_pass_ssim(full, hq, 3.0))
     fine = lambda x: x - gaussian_blur(x, 1.0)  # noqa: E731
     assert distance(fine(guided), fine(target)) < distance(fine(guided), fine(hq))
 
 
-def test_sdedit_with_a_diffusers_unet_is_deterministic_for_a_seed():
+def test_ddpm_lq_generator_is_deterministic_for_a_seed():
+    from xrlib.lq import pair_generators
+
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=4).eval()
-    hq = textured_images(2, 16, seed=6)
+    hq = textured_images(1, 16, seed=6)
     for scheduler in (DDPMScheduler(num_train_timesteps=100), DDIMScheduler(num_train_timesteps=100)):
-        first = sdedit_translate(unet, scheduler, hq, 0.5, 10, ilvr_factor=2, seed=3)
+        params = {"strength": 0.5, "num_inference_steps": 10, "ilvr_factor": 2}
+        ddpm_twin = pair_generators(unet, scheduler, params, None, {})["ddpm"][0]
+        first = ddpm_twin(hq, 3)
         assert first.shape == hq.shape and 0 <= first.min() and first.max() <= 1
-        assert torch.equal(first, sdedit_translate(unet, scheduler, hq, 0.5, 10, ilvr_factor=2, seed=3))
-    assert not torch.equal(first, sdedit_translate(unet, scheduler, hq, 0.5, 10, ilvr_factor=2, seed=4))
+        assert torch.equal(first, ddpm_twin(hq, 3))
+    assert not torch.equal(first, ddpm_twin(hq, 4))
 
 
 def test_build_pairs_writes_images_and_a_manifest(tmp_path):
@@ -210,18 +222,50 @@ def test_build_pairs_writes_images_and_a_manifest(tmp_path):
     blur = lambda x, seed: gaussian_blur(x, 1.0)  # noqa: E731
     manifest = build_pairs(table, {"bicubic": (bicubic_twin, {}), "blur": (blur, {"sigma_px": 1.0})},
                            tmp_path, tmp_path / "outputs" / "pairs", hq_px=32, lq_px=16, seed=0)
-    assert list(manifest.columns) == PAIR_COLUMNS and len(manifest) == 6
+    assert list(manifest.columns) == list(PAIR_COLUMNS) and len(manifest) == 6
     assert manifest.pair_id.is_unique and set(manifest.generator) == {"bicubic", "blur"}
     assert json.loads(manifest.set_index("pair_id").loc["blur-a", "generator_params"]) == {"sigma_px": 1.0}
     assert manifest.set_index("pair_id").loc["bicubic-c", "split"] == "test"
+    assert set(manifest.split_unit) == {"patient"} and manifest.unit_id.equals(manifest.patient_id)
     assert pd.read_csv(tmp_path / "outputs" / "pairs" / "pairs.csv").equals(manifest)
     row = manifest.set_index("pair_id").loc["bicubic-b"]
     hq, lq = load_png(tmp_path / row.hq_path), load_png(tmp_path / row.lq_path)
     assert hq.shape == (32, 32) and lq.shape == (16, 16)
-    expected_lq = resize_display(torch.from_numpy(hq)[None, None], 16)[0, 0].numpy()
+    expected_lq = resize_bicubic(torch.from_numpy(hq)[None, None], (16, 16))[0, 0].numpy()
     assert np.abs(lq - expected_lq).max() < 2e-3  # 16-bit quantisation of the HQ in between
     with pytest.raises(ConfigError, match="smaller"):
         build_pairs(table, {}, tmp_path, tmp_path / "x", hq_px=16, lq_px=16, seed=0)
+
+
+def test_one_patient_is_split_by_tiles_and_many_patients_by_patient(tmp_path):
+    image = textured_images(1, 64, seed=11)
+    save_png16(tmp_path / "x.png", image[0, 0].numpy())
+    one = pd.DataFrame({"image_id": ["x"], "patient_id": ["p"], "split": ["train"], "path": ["x.png"]})
+    fractions = {"train": 0.5, "val": 0.25, "test": 0.25}
+    manifest = build_pairs(one, {"bicubic": (bicubic_twin, {})}, tmp_path, tmp_path / "tiles", hq_px=16, lq_px=8, seed=3,
+                           tiles_per_side=4, split_fractions=fractions)
+    assert len(manifest) == 16 and set(manifest.split_unit) == {"tile"} and manifest.unit_id.is_unique
+    assert manifest.split.value_counts().to_dict() == {"train": 8, "val": 4, "test": 4}  # assign_splits: round(f * 16)
+    test_tiles, train_tiles = set(manifest[manifest.split == "test"].unit_id), set(manifest[manifest.split == "train"].unit_id)
+    assert test_tiles and not test_tiles & train_tiles
+    # each tile is its own region of the 64-px centre square: tile 5 is rows 16-32, columns 16-32
+    tile5 = load_png(tmp_path / manifest.set_index("unit_id").loc["x_t05", "hq_path"])
+    assert np.abs(tile5 - image[0, 0, 16:32, 16:32].numpy()).max() < 1e-4
+    again = build_pairs(one, {"bicubic": (bicubic_twin, {})}, tmp_path, tmp_path / "tiles", 16, 8, 3, 4, fractions)
+    assert again.split.equals(manifest.split)  # seeded
+
+    images = textured_images(4, 32, seed=12)
+    many = pd.DataFrame({"image_id": list("abcd"), "patient_id": ["p1", "p1", "p2", "p3"],
+                         "split": ["train", "train", "val", "test"], "path": [f"{i}.png" for i in "abcd"]})
+    for image_id, im in zip("abcd", images):
+        save_png16(tmp_path / f"{image_id}.png", im[0].numpy())
+    by_patient = build_pairs(many, {"bicubic": (bicubic_twin, {})}, tmp_path, tmp_path / "patients", 16, 8, 3,
+                             tiles_per_side=2, split_fractions=fractions)
+    assert len(by_patient) == 16 and set(by_patient.split_unit) == {"patient"}
+    assert by_patient.unit_id.equals(by_patient.patient_id)
+    assert by_patient.groupby("patient_id").split.agg(set).to_dict() == {"p1": {"train"}, "p2": {"val"}, "p3": {"test"}}
+    with pytest.raises(ConfigError, match="tiles_per_side"):
+        build_pairs(one, {}, tmp_path, tmp_path / "few", 16, 8, 3, tiles_per_side=1, split_fractions=fractions)
 
 
 @pytest.mark.shared
@@ -239,7 +283,7 @@ def test_munit_on_real_xrays_moves_toward_the_drr_like_domain_and_keeps_anatomy(
     training = MunitTraining(steps=120, batch_size=2, crop_px=32, learning_rate=2e-3, checkpoint_every=200, seed=0)
     model = train_munit(hq_train, drr_domain, config, training, tmp_path)
     lq = translate_hq_to_lq(model, hq_test, seed=0)
-    report = translation_report(hq_test, lq, resize_display(drr_domain, 32), low_pass_sigma_px=2.0)
+    report = translation_report(hq_test, lq, resize_bicubic(drr_domain, (32, 32)), low_pass_sigma_px=2.0)
     print("MUNIT on Hannover, 32 px:", report)
     assert report["spectrum_fraction"] > 0.3
     assert report["sharpness_fraction"] > 0.3
@@ -258,14 +302,14 @@ def test_the_three_generators_make_pairs_and_their_checks(tmp_path):
     generators = pair_generators(unet, DDIMScheduler(num_train_timesteps=100), {"strength": 0.3, "num_inference_steps": 5, "ilvr_factor": 2, "sampler": "ddim"},
                                  munit, {"steps": 0})
     images = textured_images(2, 32, seed=8)
-    table = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p1", "p2"], "split": ["train", "val"], "path": ["a.png", "b.png"]})
+    table = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p1", "p2"], "split": ["val", "test"], "path": ["a.png", "b.png"]})
     for image_id, image in zip("ab", images):
         save_png16(tmp_path / f"{image_id}.png", image[0].numpy())
     manifest = build_pairs(table, generators, tmp_path, tmp_path / "pairs", hq_px=32, lq_px=16, seed=10)
     assert sorted(manifest.generator.unique()) == ["bicubic", "ddpm", "munit"]
     assert json.loads(manifest.set_index("pair_id").loc["ddpm-b", "generator_params"])["strength"] == 0.3
     munit_b = torch.from_numpy(load_png(tmp_path / manifest.set_index("pair_id").loc["munit-b", "lq_path"]))
-    hq_b_small = resize_display(torch.from_numpy(load_png(tmp_path / "pairs" / "hq" / "b.png"))[None, None], 16)
+    hq_b_small = resize_bicubic(torch.from_numpy(load_png(tmp_path / "pairs" / "hq" / "b.png"))[None, None], (16, 16))
     assert torch.allclose(munit_b, translate_hq_to_lq(munit, hq_b_small, seed=11)[0, 0], atol=2e-5)  # seed + row index
     checks = manifest_translation_checks(manifest, tmp_path, drr_like(images), hq_px=32, low_pass_sigma_px=2.0)
     assert list(checks.generator) == ["bicubic", "ddpm", "munit"] and set(checks.n_images) == {2}

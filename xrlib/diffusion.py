@@ -207,8 +207,9 @@ def sdedit(
 ) -> torch.Tensor:
     """SDEdit (Meng et al. 2022): noise ``image`` (in [-1, 1]) to ``strength`` of the schedule, then denoise.
 
-    ``strength`` in (0, 1] is the fraction of the ``steps`` sampling steps that are run again;
-    1 starts from (almost) pure noise. ``guidance`` is applied after every step, e.g.
+    ``strength`` in (0, 1] is the fraction of the ``steps`` sampling steps that are run again
+    (rounded, at least one): the image is noised to the first of those timesteps, so for evenly
+    spaced timesteps strength is about t0 / T; 1 starts from (almost) pure noise. ``guidance`` is applied after every step, e.g.
     :func:`ilvr_guidance` to keep the low frequencies of a reference image.
     """
     if not 0.0 < strength <= 1.0:

@@ -3,46 +3,45 @@
 Three ways to make an LQ twin of an HQ display X-ray (all images float (B, 1, H, W) in [0, 1]):
 
 - **bicubic** (the baseline): antialiased bicubic downsampling to the restorer's input size.
-- **DDPM-LQ**: :func:`sdedit_translate` noises the HQ image to a strength t0 and denoises it with a
-  DDPM trained on DRRs (SDEdit, Meng et al. 2022); optional ILVR guidance (Choi et al. 2021)
-  replaces the low-pass of every intermediate sample by that of the HQ image noised to the same
-  step, so the anatomy stays while the texture becomes DRR-like.
+- **DDPM-LQ**: :func:`xrlib.diffusion.sdedit` noises the HQ image part-way and denoises it with a
+  DDPM trained on DRRs (SDEdit, Meng et al. 2022); ``strength`` is the fraction of the sampling
+  steps re-run (about t0 / T for evenly spaced timesteps). Optional ILVR guidance (Choi et al.
+  2021, :func:`xrlib.diffusion.ilvr_guidance`) replaces the low-pass of every intermediate sample
+  by that of the HQ image noised to the same step, so the anatomy stays while the texture becomes DRR-like.
 - **MUNIT-LQ**: :func:`xrlib.munit.translate_hq_to_lq` (HQ content code, LQ style code).
 
-:func:`build_pairs` writes every twin with its HQ image and a manifest. :func:`translation_report`
+:func:`build_pairs` writes every twin with its HQ image and the pair manifest
+(:data:`xrlib.pairs_dataset.PAIR_COLUMNS`); with too few patients to hold any out it splits image
+tiles instead, and the manifest says so (``split_unit``). :func:`translation_report`
 says whether a generator does what the paper needs: the twin's radially averaged power spectrum
 and sharpness move from the HQ value toward the DRR value (reported as the fraction of the
 HQ -> DRR distance covered), while the low-pass SSIM to the HQ image stays high (anatomy kept).
-The spectrum and sharpness helpers here are only those checks; realism metrics live in xrlib.metrics.
+Resampling is :func:`xrlib.pairs_dataset.resize_bicubic`, spectra :func:`xrlib.metrics.radial_power_spectrum`,
+Gaussian low-passes scipy's ``gaussian_filter``; sharpness here is only this check.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from xrlib.data.manifest import assign_splits
+from xrlib.diffusion import ilvr_guidance, sdedit
 from xrlib.errors import ConfigError, DataError
 from xrlib.io import load_png, save_png16, write_csv_atomic
-
-PAIR_COLUMNS = ["pair_id", "patient_id", "split", "generator", "generator_params", "lq_path", "hq_path"]
+from xrlib.metrics import radial_power_spectrum
+from xrlib.pairs_dataset import PAIR_COLUMNS, from_model_range, resize_bicubic, to_model_range
 
 
 # ----------------------------------------------------------------------------------------------
 # Resampling and loading
-
-
-def resize_display(images: torch.Tensor, size_px: int) -> torch.Tensor:
-    """Bicubic resampling of (B, C, H, W) to ``size_px`` squared, antialiased when shrinking, clipped to [0, 1]."""
-    shrinking = size_px < images.shape[-1] or size_px < images.shape[-2]
-    return F.interpolate(images, size=(size_px, size_px), mode="bicubic", align_corners=False, antialias=shrinking).clamp(0, 1)
 
 
 def load_square_display(path: str | Path, size_px: int) -> torch.Tensor:
@@ -52,7 +51,7 @@ def load_square_display(path: str | Path, size_px: int) -> torch.Tensor:
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     square = image[top:top + side, left:left + side]
-    return resize_display(square[None, None], size_px)
+    return resize_bicubic(square[None, None], (size_px, size_px))
 
 
 def load_display_stack(paths: Sequence[str | Path], size_px: int) -> torch.Tensor:
@@ -62,61 +61,28 @@ def load_display_stack(paths: Sequence[str | Path], size_px: int) -> torch.Tenso
     return torch.cat([load_square_display(p, size_px) for p in paths])
 
 
-def split_by_patient(patient_ids: Sequence[str], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
-    """Assign each patient to a split (e.g. train/val/test) with the given fractions, seeded; every image of a patient shares it."""
-    patients = sorted(set(patient_ids))
-    total = sum(fractions.values())
-    if total <= 0 or any(v < 0 for v in fractions.values()):
-        raise ConfigError(f"split fractions {dict(fractions)} must be non-negative and sum to more than 0")
-    order = np.random.default_rng(seed).permutation(len(patients))
-    bounds = np.round(np.cumsum([v / total for v in fractions.values()]) * len(patients)).astype(int)
-    assignment = {}
-    for rank, index in enumerate(order):
-        split_index = int(np.searchsorted(bounds, rank, side="right"))
-        assignment[patients[index]] = list(fractions)[min(split_index, len(fractions) - 1)]
-    return assignment
-
-
 # ----------------------------------------------------------------------------------------------
 # Translation checks
 
 
 def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """Separable Gaussian low-pass of (B, C, H, W) with reflect padding (kernel radius 3 sigma)."""
+    """Gaussian low-pass of each (B, C, H, W) image (scipy ``gaussian_filter``, reflect edges, radius 4 sigma)."""
     if sigma_px <= 0:
         return images
-    radius = max(1, math.ceil(3 * sigma_px))
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma_px) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    x = F.pad(images, (radius, radius, 0, 0), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    blurred = gaussian_filter(images.detach().cpu().numpy(), sigma=(0, 0, sigma_px, sigma_px), mode="reflect")
+    return torch.from_numpy(blurred).to(images)
 
 
-def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Radially averaged power spectrum of each image, normalised to unit total power (its shape, not its contrast).
+def spectrum_shape(images: torch.Tensor) -> torch.Tensor:
+    """Mean over images of log10 of the radial power spectrum normalised to unit total power (its shape, not its contrast).
 
-    Images (B, 1, N, N) have their mean removed and a Hann window applied; returns the frequencies
-    in cycles per pixel (bins 1 .. N/2, DC excluded) and the power (B, N/2) per bin.
+    Spectra are :func:`xrlib.metrics.radial_power_spectrum` of square (B, 1, N, N) images, N/2 bins.
     """
-    size = images.shape[-1]
-    if images.shape[-2] != size:
-        raise DataError(f"radial_power_spectrum needs square images, got {tuple(images.shape[-2:])}")
-    window = torch.hann_window(size, periodic=False, dtype=images.dtype)
-    centred = (images - images.mean(dim=(-2, -1), keepdim=True)) * (window[:, None] * window[None, :])
-    power = torch.fft.fftshift(torch.fft.fft2(centred).abs() ** 2, dim=(-2, -1))[:, 0]
-    coords = torch.arange(size) - size // 2
-    radius = torch.sqrt(coords[:, None] ** 2 + coords[None, :] ** 2).round().long().flatten()
-    n_bins = size // 2
-    keep = (radius >= 1) & (radius <= n_bins)
-    sums = torch.zeros(images.shape[0], n_bins + 1, dtype=images.dtype).index_add_(1, radius[keep], power.flatten(1)[:, keep])
-    counts = torch.bincount(radius[keep], minlength=n_bins + 1).to(images.dtype)
-    radial = sums[:, 1:] / counts[1:]
-    radial = radial / radial.sum(dim=1, keepdim=True).clamp_min(1e-20)
-    return torch.arange(1, n_bins + 1, dtype=images.dtype) / size, radial
+    if images.shape[-2] != images.shape[-1]:
+        raise DataError(f"spectrum_shape needs square images, got {tuple(images.shape[-2:])}")
+    _, power = radial_power_spectrum(images, n_bins=images.shape[-1] // 2)
+    unit_power = power / np.clip(power.sum(axis=1, keepdims=True), 1e-20, None)
+    return torch.from_numpy(np.log10(np.clip(unit_power, 1e-12, None)).mean(axis=0))
 
 
 def sharpness(images: torch.Tensor) -> torch.Tensor:
@@ -150,20 +116,16 @@ def translation_report(hq_display: torch.Tensor, lq_display: torch.Tensor, drr_d
     """How far LQ twins moved from their HQ images toward the DRR domain, and how much anatomy they kept.
 
     All are measured at the HQ size: LQ twins (same count as HQ, any size) and DRRs (any count) are
-    bicubic-resampled to it. Spectrum: mean log10 normalised radial power spectrum of each set;
+    bicubic-resampled to it. Spectrum: :func:`spectrum_shape` of each set;
     sharpness: mean of :func:`sharpness`. ``*_fraction`` = :func:`fraction_moved` (0 HQ, 1 DRR).
     ``low_pass_ssim`` = mean SSIM of the Gaussian low-passes (sigma ``low_pass_sigma_px``) of twin and HQ.
     """
     size = hq_display.shape[-1]
     if lq_display.shape[0] != hq_display.shape[0]:
         raise DataError(f"{lq_display.shape[0]} LQ twins for {hq_display.shape[0]} HQ images; they must pair up")
-    lq = resize_display(lq_display, size)
-    drr = resize_display(drr_display, size)
-
-    def log_spectrum(x):
-        return torch.log10(radial_power_spectrum(x)[1].clamp_min(1e-12)).mean(dim=0)
-
-    spectra = {name: log_spectrum(x) for name, x in (("hq", hq_display), ("lq", lq), ("drr", drr))}
+    lq = resize_bicubic(lq_display, (size, size))
+    drr = resize_bicubic(drr_display, (size, size))
+    spectra = {name: spectrum_shape(x) for name, x in (("hq", hq_display), ("lq", lq), ("drr", drr))}
     sharp = {name: sharpness(x).mean() for name, x in (("hq", hq_display), ("lq", lq), ("drr", drr))}
     return {
         "spectrum_fraction": fraction_moved(spectra["hq"], spectra["drr"], spectra["lq"]),
@@ -173,60 +135,6 @@ def translation_report(hq_display: torch.Tensor, lq_display: torch.Tensor, drr_d
         "sharpness_drr": float(sharp["drr"]),
         "low_pass_ssim": float(low_pass_ssim(lq, hq_display, low_pass_sigma_px).mean()),
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# DDPM-LQ: SDEdit with optional ILVR
-
-
-def ilvr_low_pass(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """ILVR's phi_N: bicubic down by ``factor`` (antialiased) and back up to the original size."""
-    small = F.interpolate(images, scale_factor=1 / factor, mode="bicubic", align_corners=False, antialias=True)
-    return F.interpolate(small, size=images.shape[-2:], mode="bicubic", align_corners=False)
-
-
-@torch.no_grad()
-def sdedit_translate(
-    unet: torch.nn.Module,
-    scheduler: Any,
-    hq_display: torch.Tensor,
-    strength: float,
-    num_inference_steps: int,
-    ilvr_factor: int = 0,
-    seed: int = 0,
-) -> torch.Tensor:
-    """HQ display images -> LQ by partial noising and denoising with a DDPM of the LQ domain.
-
-    ``unet(x_t, t).sample`` predicts the noise (a diffusers UNet2DModel); ``scheduler`` is a
-    diffusers DDPMScheduler or DDIMScheduler configured as in training. ``strength`` in (0, 1] is
-    t0 / T: the HQ image is noised to the last inference timestep not above t0 (``add_noise``) and
-    the reverse steps run from there. ``ilvr_factor`` N > 0: after each step, the sample's
-    low-pass phi_N is replaced by that of the HQ image noised to the step's next timestep (ILVR).
-    All randomness comes from ``seed``: same seed, same output.
-    """
-    if not 0 < strength <= 1:
-        raise ConfigError(f"lq_ddpm strength {strength} must lie in (0, 1]")
-    device = hq_display.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    scheduler.set_timesteps(num_inference_steps)
-    t0 = strength * scheduler.config.num_train_timesteps
-    timesteps = [int(t) for t in scheduler.timesteps if t < t0]
-    if not timesteps:
-        raise ConfigError(f"lq_ddpm strength {strength} is below the first inference timestep; raise it or num_inference_steps")
-    clean = hq_display * 2 - 1
-
-    def noised(t: int) -> torch.Tensor:
-        noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
-        return scheduler.add_noise(clean, noise, torch.tensor([t], device=device))
-
-    sample = noised(timesteps[0])
-    for index, t in enumerate(timesteps):
-        model_output = unet(sample, torch.tensor([t], device=device)).sample
-        sample = scheduler.step(model_output, t, sample, generator=generator).prev_sample
-        if ilvr_factor > 0:
-            reference = noised(timesteps[index + 1]) if index + 1 < len(timesteps) else clean
-            sample = sample - ilvr_low_pass(sample, ilvr_factor) + ilvr_low_pass(reference, ilvr_factor)
-    return ((sample + 1) / 2).clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,6 +150,46 @@ def bicubic_twin(hq_display_small: torch.Tensor, seed: int) -> torch.Tensor:
     return hq_display_small
 
 
+def cut_tiles(square: torch.Tensor, tiles_per_side: int) -> list[torch.Tensor]:
+    """Cut a square (1, C, N, N) image into ``tiles_per_side``^2 square tiles, row by row (N a multiple of it)."""
+    side = square.shape[-1] // tiles_per_side
+    if side * tiles_per_side != square.shape[-1]:
+        raise ConfigError(f"image side {square.shape[-1]} px is not a multiple of pairs.tiles_per_side={tiles_per_side}")
+    return [square[..., r * side:(r + 1) * side, c * side:(c + 1) * side]
+            for r in range(tiles_per_side) for c in range(tiles_per_side)]
+
+
+def pair_units(hq_table: pd.DataFrame, tiles_per_side: int, split_fractions: Mapping[str, float], seed: int) -> pd.DataFrame:
+    """One row per HQ tile: image_id, tile (row-major index), tile_id, patient_id, unit_id, split_unit, split.
+
+    With ``test`` rows in ``hq_table`` the patients' splits stand (``split_unit`` "patient",
+    ``unit_id`` = patient_id; tiles, if more than one per image, only add training data and inherit
+    their patient's split). Without (too few patients, e.g. the one embedded X-ray), tiles are the
+    unit: :func:`xrlib.data.manifest.assign_splits` spreads the tile ids over ``split_fractions``
+    with ``seed`` (``split_unit`` "tile", ``unit_id`` = tile_id) -- a hold-out of image regions,
+    not of patients.
+    """
+    missing = {"image_id", "patient_id", "split", "path"} - set(hq_table.columns)
+    if missing:
+        raise DataError(f"HQ manifest lacks columns {sorted(missing)}; it needs image_id, patient_id, split, path")
+    if tiles_per_side < 1:
+        raise ConfigError(f"pairs.tiles_per_side={tiles_per_side} must be at least 1")
+    rows = []
+    for record in hq_table.itertuples(index=False):
+        for tile in range(tiles_per_side ** 2):
+            tile_id = str(record.image_id) if tiles_per_side == 1 else f"{record.image_id}_t{tile:02d}"
+            rows.append({"image_id": str(record.image_id), "tile": tile, "tile_id": tile_id, "patient_id": str(record.patient_id),
+                         "path": record.path, "split": record.split})
+    units = pd.DataFrame(rows)
+    if (hq_table.split == "test").any():
+        return units.assign(unit_id=units.patient_id, split_unit="patient")
+    tile_splits = assign_splits(units.tile_id, dict(split_fractions), seed)
+    if "test" not in tile_splits.values():
+        raise ConfigError(f"{len(units)} tiles cannot fill a test split with pairs.split_fractions {dict(split_fractions)}; "
+                          "raise pairs.tiles_per_side")
+    return units.assign(unit_id=units.tile_id, split_unit="tile", split=units.tile_id.map(tile_splits))
+
+
 def build_pairs(
     hq_table: pd.DataFrame,
     generators: Mapping[str, tuple[Translate, Mapping[str, Any]]],
@@ -250,37 +198,42 @@ def build_pairs(
     hq_px: int,
     lq_px: int,
     seed: int,
+    tiles_per_side: int = 1,
+    split_fractions: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
-    """Write every HQ image (at ``hq_px``) and its LQ twin by each generator (at ``lq_px``) and the manifest.
+    """Write every HQ tile (at ``hq_px``) and its LQ twin by each generator (at ``lq_px``) and the pair manifest.
 
     ``hq_table`` has image_id, patient_id, split and path (16-bit display PNG, relative to ``root``).
-    Each generator is (translate, params): the LQ twin of an image is ``translate(HQ at lq_px,
-    seed + row index)``, its params go to the manifest as JSON. Files: ``output_dir/hq/<image_id>.png``,
-    ``output_dir/<generator>/<image_id>.png``; the manifest ``output_dir/pairs.csv`` (paths relative to ``root``).
+    Each image's centre square is resized to ``tiles_per_side * hq_px`` and cut into tiles; units
+    and splits come from :func:`pair_units` (``split_fractions`` default 0.7/0.1/0.2). Each generator
+    is (translate, params): the LQ twin of a tile is ``translate(HQ tile at lq_px, seed + tile
+    index)``, its params go to the manifest as JSON. Files: ``output_dir/hq/<tile_id>.png``,
+    ``output_dir/<generator>/<tile_id>.png``; the manifest ``output_dir/pairs.csv`` (columns
+    :data:`xrlib.pairs_dataset.PAIR_COLUMNS`, paths relative to ``root``).
     """
-    missing = {"image_id", "patient_id", "split", "path"} - set(hq_table.columns)
-    if missing:
-        raise DataError(f"HQ manifest lacks columns {sorted(missing)}; it needs image_id, patient_id, split, path")
     if lq_px >= hq_px:
         raise ConfigError(f"pairs: lq_px {lq_px} must be smaller than hq_px {hq_px}")
-    rows = []
-    for index, record in enumerate(hq_table.itertuples(index=False)):
-        hq = load_square_display(root / record.path, hq_px)
-        hq_path = output_dir / "hq" / f"{record.image_id}.png"
-        save_png16(hq_path, hq[0, 0].numpy())
-        hq_small = resize_display(hq, lq_px)
-        for name, (translate, params) in generators.items():
-            lq = translate(hq_small, seed + index)
-            if lq.shape != hq_small.shape:
-                raise DataError(f"generator {name} returned shape {tuple(lq.shape)} for {tuple(hq_small.shape)}")
-            lq_path = output_dir / name / f"{record.image_id}.png"
-            save_png16(lq_path, lq[0, 0].cpu().numpy())
-            rows.append({
-                "pair_id": f"{name}-{record.image_id}", "patient_id": record.patient_id, "split": record.split,
-                "generator": name, "generator_params": json.dumps(dict(params), sort_keys=True),
-                "lq_path": str(lq_path.relative_to(root)), "hq_path": str(hq_path.relative_to(root)),
-            })
-    manifest = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    fractions = split_fractions or {"train": 0.7, "val": 0.1, "test": 0.2}
+    units = pair_units(hq_table, tiles_per_side, fractions, seed)
+    rows, tile_index = [], 0
+    for _, image_units in units.groupby("image_id", sort=False):
+        square = load_square_display(root / image_units.path.iloc[0], hq_px * tiles_per_side)
+        for unit, hq in zip(image_units.itertuples(index=False), cut_tiles(square, tiles_per_side)):
+            hq_path = save_png16(output_dir / "hq" / f"{unit.tile_id}.png", hq[0, 0].numpy())
+            hq_small = resize_bicubic(hq, (lq_px, lq_px))
+            tile_seed, tile_index = seed + tile_index, tile_index + 1
+            for name, (translate, params) in generators.items():
+                lq = translate(hq_small, tile_seed)
+                if lq.shape != hq_small.shape:
+                    raise DataError(f"generator {name} returned shape {tuple(lq.shape)} for {tuple(hq_small.shape)}")
+                lq_path = save_png16(output_dir / name / f"{unit.tile_id}.png", lq[0, 0].cpu().numpy())
+                rows.append({
+                    "pair_id": f"{name}-{unit.tile_id}", "unit_id": unit.unit_id, "split_unit": unit.split_unit,
+                    "patient_id": unit.patient_id, "split": unit.split, "generator": name,
+                    "generator_params": json.dumps(dict(params), sort_keys=True),
+                    "lq_path": str(Path(lq_path).relative_to(root)), "hq_path": str(Path(hq_path).relative_to(root)),
+                })
+    manifest = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
     write_csv_atomic(output_dir / "pairs.csv", manifest)
     return manifest
 
@@ -292,13 +245,23 @@ def pair_generators(
     munit_model: torch.nn.Module,
     munit_params: Mapping[str, Any],
 ) -> dict[str, tuple[Translate, dict[str, Any]]]:
-    """The three generators for :func:`build_pairs`: bicubic, DDPM-LQ (SDEdit + ILVR) and MUNIT-LQ (sampled style)."""
+    """The three generators for :func:`build_pairs`: bicubic, DDPM-LQ (SDEdit + ILVR) and MUNIT-LQ (sampled style).
+
+    DDPM-LQ is :func:`xrlib.diffusion.sdedit` with ``strength`` (fraction of the
+    ``num_inference_steps`` re-run) and, when ``ilvr_factor`` > 0, :func:`xrlib.diffusion.ilvr_guidance`;
+    one generator seeded with the image's seed draws all of its noise.
+    """
     from xrlib.munit import translate_hq_to_lq
 
     ddpm = {k: ddpm_params[k] for k in ("strength", "num_inference_steps", "ilvr_factor")}
 
     def ddpm_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
-        return sdedit_translate(ddpm_unet, ddpm_scheduler, hq_small, seed=seed, **ddpm)
+        generator = torch.Generator(device=hq_small.device).manual_seed(seed)
+        reference = to_model_range(hq_small)
+        guidance = ilvr_guidance(reference, ddpm["ilvr_factor"], ddpm_scheduler, generator) if ddpm["ilvr_factor"] > 0 else None
+        twin = sdedit(ddpm_unet, ddpm_scheduler, reference, ddpm["strength"], ddpm["num_inference_steps"], generator,
+                      guidance=guidance)
+        return from_model_range(twin).to(hq_small.device)
 
     def munit_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
         return translate_hq_to_lq(munit_model, hq_small, seed=seed)

@@ -1,6 +1,6 @@
-"""Paired (LQ, HQ) chest X-ray data for the restorer: pair manifests, bicubic pairs, the training dataset.
+"""Paired (LQ, HQ) chest X-ray data for the restorer: the pair manifest's schema and reader, the training dataset.
 
-A pair manifest (``outputs/pairs/pairs.csv``) has the columns :data:`PAIR_COLUMNS`; paths are
+A pair manifest (``outputs/pairs/pairs.csv``, written by :func:`xrlib.lq.build_pairs`) has the columns :data:`PAIR_COLUMNS`; paths are
 16-bit PNGs relative to the project root, the LQ image at the input size, the HQ one ``scale``
 times larger. The model sees the LQ image upsampled back to the HQ size with bicubic
 interpolation, and both images in [-1, 1].
@@ -23,10 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from xrlib.errors import ConfigError, DataError
-from xrlib.io import load_png, save_png16, write_csv_atomic
+from xrlib.io import load_png
 
-PAIR_COLUMNS = ("pair_id", "patient_id", "split", "generator", "lq_path", "hq_path")
-XRAY_COLUMNS = ("image_id", "patient_id", "split", "path")
+PAIR_COLUMNS = ("pair_id", "unit_id", "split_unit", "patient_id", "split", "generator", "generator_params",
+                "lq_path", "hq_path")
+"""The pair manifest (written by :func:`xrlib.lq.build_pairs`). ``unit_id`` is the unit that was split
+and that statistics resample: the patient (``split_unit`` "patient") or, when too few patients hold
+nothing out, an image tile (``split_unit`` "tile"). ``generator_params`` is JSON."""
 
 
 def to_model_range(image01: torch.Tensor) -> torch.Tensor:
@@ -40,76 +43,23 @@ def from_model_range(image: torch.Tensor) -> torch.Tensor:
 
 
 def resize_bicubic(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bicubic resize of (B, C, H, W) to ``size`` (antialiased when shrinking)."""
+    """Bicubic resize of display images (B, C, H, W) in [0, 1] to ``size`` (antialiased when shrinking), clipped to [0, 1]."""
     shrinking = size[0] < image.shape[-2] or size[1] < image.shape[-1]
     return F.interpolate(image, size=tuple(int(s) for s in size), mode="bicubic", align_corners=False,
-                         antialias=shrinking)
+                         antialias=shrinking).clamp(0.0, 1.0)
 
 
-def bicubic_degrade(hq_image: torch.Tensor, scale: int) -> torch.Tensor:
-    """The baseline's LQ image: ``hq_image`` (B, C, H, W) downsampled ``scale`` times, antialiased bicubic."""
-    height, width = hq_image.shape[-2:]
-    if height % scale or width % scale:
-        raise ConfigError(f"HQ size {height}x{width} is not a multiple of scale {scale}; choose hq_px accordingly")
-    return resize_bicubic(hq_image, (height // scale, width // scale)).clamp(0.0, 1.0)
-
-
-def read_dicom_display(path: str | os.PathLike) -> np.ndarray:
-    """A chest radiograph DICOM as display intensity in [0, 1] (bone bright; MONOCHROME1 inverted).
-
-    Stand-in loader for the embedded X-ray until the data stage's manifest exists: the stored
-    values are windowed to their 0.5-99.5 percentiles.
-    """
-    import pydicom
-
-    try:
-        dataset = pydicom.dcmread(path)
-        raw = dataset.pixel_array.astype(np.float64)
-    except (OSError, pydicom.errors.InvalidDicomError, AttributeError) as error:
-        raise DataError(f"{path}: not a readable DICOM image ({error})") from error
-    low, high = np.percentile(raw, [0.5, 99.5])
-    display = np.clip((raw - low) / max(high - low, 1e-9), 0.0, 1.0)
-    if dataset.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        display = 1.0 - display
-    return display.astype(np.float32)
-
-
-def build_bicubic_pairs(
-    images: Mapping[str, Mapping[str, Any]],
-    output_dir: str | os.PathLike,
-    root: str | os.PathLike,
-    hq_px: int,
-    scale: int,
-) -> pd.DataFrame:
-    """Write bicubic (LQ, HQ) pairs and their manifest ``output_dir/pairs.csv``; return the manifest.
-
-    ``images`` maps image_id -> {"patient_id", "split", "image"} with ``image`` a 2-D display
-    array in [0, 1] (any size). The HQ image is the X-ray resized to ``hq_px`` x ``hq_px``
-    (antialiased bicubic); the LQ image is it downsampled ``scale`` times (:func:`bicubic_degrade`).
-    Paths in the manifest are relative to ``root``.
-    """
-    if hq_px % scale:
-        raise ConfigError(f"hq_px={hq_px} must be a multiple of scale={scale}")
-    output_dir, root = Path(output_dir), Path(root)
-    rows = []
-    for image_id, item in images.items():
-        image = torch.as_tensor(np.asarray(item["image"], dtype=np.float32))[None, None]
-        hq = resize_bicubic(image, (hq_px, hq_px)).clamp(0.0, 1.0)
-        lq = bicubic_degrade(hq, scale)
-        hq_path = save_png16(output_dir / "hq" / f"{image_id}.png", hq[0, 0].numpy())
-        lq_path = save_png16(output_dir / "lq" / f"{image_id}.png", lq[0, 0].numpy())
-        rows.append({"pair_id": f"bicubic-{image_id}", "patient_id": item["patient_id"], "split": item["split"],
-                     "generator": "bicubic", "lq_path": os.path.relpath(lq_path, root),
-                     "hq_path": os.path.relpath(hq_path, root)})
-    manifest = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
-    write_csv_atomic(output_dir / "pairs.csv", manifest)
-    return manifest
+def check_scale(hq_px: int, lq_px: int, scale: int) -> None:
+    """Refuse pairs whose size ratio is not the restorer's ``scale`` (params pairs.hq_px / pairs.lq_px vs restorer.scale)."""
+    if lq_px * scale != hq_px:
+        raise ConfigError(f"pairs.hq_px={hq_px} / pairs.lq_px={lq_px} must equal restorer.scale={scale}; "
+                          "change one of them so the restorer's output is its HQ target's size")
 
 
 def read_pairs(path: str | os.PathLike, generator: str | None = None, split: str | None = None) -> pd.DataFrame:
     """Read a pair manifest, keeping the rows of ``generator`` and ``split`` if given."""
     try:
-        manifest = pd.read_csv(path, dtype={"patient_id": str, "pair_id": str})
+        manifest = pd.read_csv(path, dtype={"patient_id": str, "pair_id": str, "unit_id": str})
     except FileNotFoundError as error:
         raise DataError(f"{path}: pair manifest not found; run the stage that builds the pairs") from error
     missing = [c for c in PAIR_COLUMNS if c not in manifest.columns]
@@ -182,23 +132,3 @@ class PairDataset(torch.utils.data.Dataset):
         if self.flip_left_right and rng.random() < 0.5:
             hq, condition = hq.flip(-1), condition.flip(-1)
         return {"image": hq.contiguous(), "condition": condition.contiguous(), "seed": int(seed)}
-
-
-def load_hq_xrays(root: str | os.PathLike, xray_manifest: str | os.PathLike,
-                  embedded_xray: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """HQ X-rays for :func:`build_bicubic_pairs`: the data stage's manifest (columns :data:`XRAY_COLUMNS`).
-
-    Until that manifest exists, the embedded DICOM ``embedded_xray`` stands in as one training
-    image (patient and image id from its file name); the restorer then trains on crops of it.
-    """
-    root = Path(root)
-    manifest_path = root / xray_manifest
-    if not manifest_path.is_file():
-        image_id = Path(embedded_xray).stem
-        return {image_id: {"patient_id": image_id, "split": "train", "image": read_dicom_display(root / embedded_xray)}}
-    manifest = pd.read_csv(manifest_path, dtype={"image_id": str, "patient_id": str})
-    missing = [c for c in XRAY_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise DataError(f"{manifest_path}: X-ray manifest lacks columns {missing}")
-    return {row.image_id: {"patient_id": row.patient_id, "split": row.split, "image": load_png(root / row.path)}
-            for row in manifest.itertuples()}
