@@ -1,23 +1,14 @@
-"""Paired data: bicubic degradation, the pair manifest, aligned crops, no silent flips, the DICOM stand-in."""
+"""Paired data: bicubic resampling, the pair manifest, aligned crops, no silent flips, the scale check."""
 
 import numpy as np
 import pandas as pd
-import pydicom
 import pytest
 import torch
 
 from xrlib.errors import ConfigError, DataError
-from xrlib.io import load_png
-from xrlib.pairs_dataset import (
-    PAIR_COLUMNS,
-    PairDataset,
-    bicubic_degrade,
-    build_bicubic_pairs,
-    read_dicom_display,
-    read_pairs,
-    resize_bicubic,
-)
-from xrlib.paths import data_dir
+from xrlib.io import load_png, save_png16
+from xrlib.lq import bicubic_twin, build_pairs
+from xrlib.pairs_dataset import PAIR_COLUMNS, PairDataset, check_scale, read_pairs, resize_bicubic
 
 torch.set_num_threads(1)
 
@@ -28,23 +19,40 @@ def smooth_and_asymmetric(size: int = 96) -> np.ndarray:
     return (0.5 + 0.3 * np.cos(2 * np.pi * rows) * np.sin(np.pi * cols) + 0.15 * (cols < 0.5)).clip(0, 1)
 
 
-def test_bicubic_degradation_keeps_low_and_removes_high_frequencies():
+def bicubic_pairs(images: dict, output_dir, root, hq_px: int, scale: int) -> pd.DataFrame:
+    """Bicubic pairs of whole images through the one pair builder (xrlib.lq.build_pairs)."""
+    table = pd.DataFrame([{"image_id": image_id, "patient_id": item["patient_id"], "split": item["split"],
+                           "path": f"in/{image_id}.png"} for image_id, item in images.items()])
+    for image_id, item in images.items():
+        save_png16(root / "in" / f"{image_id}.png", item["image"])
+    return build_pairs(table, {"bicubic": (bicubic_twin, {})}, root, output_dir, hq_px, hq_px // scale, seed=0)
+
+
+def test_bicubic_downsampling_keeps_low_and_removes_high_frequencies():
     rows, cols = np.mgrid[0:64, 0:64]
     smooth = torch.tensor(0.5 + 0.4 * np.sin(2 * np.pi * rows / 32), dtype=torch.float32)[None, None]
-    round_trip = resize_bicubic(bicubic_degrade(smooth, 2), (64, 64))
+    round_trip = resize_bicubic(resize_bicubic(smooth, (32, 32)), (64, 64))
     assert (round_trip - smooth)[..., 4:-4, 4:-4].abs().max() < 0.01
     checkerboard = torch.tensor((rows + cols) % 2, dtype=torch.float32)[None, None]
-    degraded = bicubic_degrade(checkerboard, 2)  # antialiased: the Nyquist pattern averages to grey
+    degraded = resize_bicubic(checkerboard, (32, 32))  # antialiased: the Nyquist pattern averages to grey
     assert degraded.shape == (1, 1, 32, 32)
     assert (degraded[..., 2:-2, 2:-2] - 0.5).abs().max() < 0.02
-    with pytest.raises(ConfigError, match="multiple of scale"):
-        bicubic_degrade(torch.zeros(1, 1, 15, 16), 2)
+    step = torch.zeros(1, 1, 16, 16)
+    step[..., 8:] = 1.0
+    overshooting = resize_bicubic(step, (64, 64))  # bicubic rings at an edge; display images stay in [0, 1]
+    assert overshooting.min() == 0.0 and overshooting.max() == 1.0
+
+
+def test_pair_size_must_match_the_restorers_scale():
+    check_scale(128, 64, 2)
+    with pytest.raises(ConfigError, match="restorer.scale=4"):
+        check_scale(128, 64, 4)
 
 
 def test_bicubic_pairs_manifest_and_aligned_unflipped_crops(tmp_path):
     images = {f"img{i}": {"patient_id": f"p{i // 2}", "split": "train" if i < 2 else "test",
                           "image": smooth_and_asymmetric()} for i in range(3)}
-    manifest = build_bicubic_pairs(images, tmp_path / "pairs", tmp_path, hq_px=64, scale=2)
+    manifest = bicubic_pairs(images, tmp_path / "pairs", tmp_path, hq_px=64, scale=2)
     assert list(manifest.columns) == list(PAIR_COLUMNS)
     assert set(manifest["generator"]) == {"bicubic"}
     assert load_png(tmp_path / manifest.loc[0, "hq_path"]).shape == (64, 64)
@@ -72,8 +80,8 @@ def test_bicubic_pairs_manifest_and_aligned_unflipped_crops(tmp_path):
 
 
 def test_flip_is_opt_in_and_missing_data_is_named(tmp_path):
-    images = {"img": {"patient_id": "p", "split": "train", "image": smooth_and_asymmetric()}}
-    manifest = build_bicubic_pairs(images, tmp_path, tmp_path, hq_px=32, scale=2)
+    images = {"img": {"patient_id": "p", "split": "test", "image": smooth_and_asymmetric()}}
+    manifest = bicubic_pairs(images, tmp_path, tmp_path, hq_px=32, scale=2)
     flipping = PairDataset(manifest, tmp_path, flip_left_right=True)
     flipped = [bool(flipping[(0, s)]["image"][0, :, :16].mean() < flipping[(0, s)]["image"][0, :, 16:].mean())
                for s in range(20)]
@@ -87,12 +95,3 @@ def test_flip_is_opt_in_and_missing_data_is_named(tmp_path):
     pd.DataFrame({"pair_id": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DataError, match="lacks columns"):
         read_pairs(tmp_path / "bad.csv")
-
-
-def test_embedded_monochrome1_xray_is_inverted_to_bone_bright():
-    path = data_dir() / "xray" / "pydicom-rg1" / "RG1_UNCI.dcm"
-    display = read_dicom_display(path)
-    raw = pydicom.dcmread(path).pixel_array.astype(np.float64)
-    assert display.shape == raw.shape and display.min() == 0.0 and display.max() == 1.0
-    # MONOCHROME1: a high stored value is dark, so display falls as the stored value rises
-    assert np.corrcoef(display.ravel()[::97], raw.ravel()[::97])[0, 1] < -0.95

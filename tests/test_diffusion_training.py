@@ -1,13 +1,15 @@
 """The restorer end to end: configuration merging, training on bicubic pairs, export, test restoration."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from xrlib.diffusion import load_model, restore_test_pairs, restorer_settings, train_restorer
 from xrlib.errors import ConfigError
-from xrlib.io import load_png
-from xrlib.pairs_dataset import build_bicubic_pairs, read_pairs
+from xrlib.io import load_png, save_png16
+from xrlib.lq import bicubic_twin, build_pairs
+from xrlib.pairs_dataset import read_pairs
 
 torch.set_num_threads(1)
 
@@ -40,7 +42,11 @@ def test_restorer_learns_on_bicubic_pairs_and_restores_held_out_images(tmp_path)
     images = {f"x{i}": {"patient_id": f"p{i}", "split": "test" if i == 3 else "train",
                         "image": (0.5 + 0.35 * np.sin(2 * np.pi * (i + 2) * rows) * np.cos(3 * np.pi * cols)).clip(0, 1)}
               for i in range(4)}
-    build_bicubic_pairs(images, tmp_path / "pairs", tmp_path, hq_px=32, scale=2)
+    for image_id, item in images.items():
+        save_png16(tmp_path / "in" / f"{image_id}.png", item["image"])
+    table = pd.DataFrame([{"image_id": i, "patient_id": item["patient_id"], "split": item["split"], "path": f"in/{i}.png"}
+                          for i, item in images.items()])
+    build_pairs(table, {"bicubic": (bicubic_twin, {})}, tmp_path, tmp_path / "pairs", hq_px=32, lq_px=16, seed=0)
     run_dir = tmp_path / "run"
     result = train_restorer(SECTION, "bicubic_baseline", tmp_path, run_dir)
 

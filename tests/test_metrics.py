@@ -102,28 +102,28 @@ def test_image_quality_table_rows_and_shape_checks():
 def test_bootstrap_resamples_patients_not_images():
     rng = np.random.default_rng(3)
     patient_values = rng.normal(0.0, 1.0, 30)
-    one_each = metrics.patient_bootstrap_ci(patient_values, [f"p{i}" for i in range(30)], seed=7)
+    one_each = metrics.unit_bootstrap_ci(patient_values, [f"p{i}" for i in range(30)], seed=7)
     # Twenty identical images per patient carry no more information: the same interval.
-    twenty_each = metrics.patient_bootstrap_ci(
+    twenty_each = metrics.unit_bootstrap_ci(
         np.repeat(patient_values, 20), np.repeat([f"p{i}" for i in range(30)], 20), seed=7
     )
     assert (twenty_each.ci_low, twenty_each.ci_high) == pytest.approx((one_each.ci_low, one_each.ci_high))
-    assert twenty_each.n_images == 600 and twenty_each.n_patients == 30
+    assert twenty_each.n_images == 600 and twenty_each.n_units == 30
     # Equal values: a degenerate interval at that value.
-    flat = metrics.patient_bootstrap_ci(np.full(10, 2.5), list("abcdefghij"))
+    flat = metrics.unit_bootstrap_ci(np.full(10, 2.5), list("abcdefghij"))
     assert (flat.mean, flat.ci_low, flat.ci_high) == pytest.approx((2.5, 2.5, 2.5))
 
 
 def test_bootstrap_interval_matches_normal_theory():
     rng = np.random.default_rng(4)
     values = rng.normal(10.0, 2.0, 400)
-    interval = metrics.patient_bootstrap_ci(values, np.arange(400).astype(str), n_resamples=4000, seed=0)
+    interval = metrics.unit_bootstrap_ci(values, np.arange(400).astype(str), n_resamples=4000, seed=0)
     half_width = 1.959964 * values.std(ddof=1) / math.sqrt(400)
     assert interval.mean == pytest.approx(values.mean())
     assert interval.ci_low == pytest.approx(values.mean() - half_width, abs=0.1 * half_width)
     assert interval.ci_high == pytest.approx(values.mean() + half_width, abs=0.1 * half_width)
     with pytest.raises(ConfigError):
-        metrics.patient_bootstrap_ci(values, np.arange(400).astype(str), confidence=1.5)
+        metrics.unit_bootstrap_ci(values, np.arange(400).astype(str), confidence=1.5)
 
 
 def paired_table() -> pd.DataFrame:
@@ -141,7 +141,7 @@ def test_paired_test_known_answers():
     table = paired_table()
     result = metrics.paired_method_test(table, "psnr_db", "ours", "baseline")
     differences = 0.1 * np.arange(1, 11)
-    assert result["n_patients"] == 10
+    assert result["n_units"] == 10 and result["split_unit"] == "patient"
     assert result["mean_difference"] == pytest.approx(differences.mean())
     # All 10 differences positive: exact two-sided signed-rank p = 2 / 2^10.
     assert result["wilcoxon_p"] == pytest.approx(2.0 / 1024.0)
@@ -472,6 +472,22 @@ def test_quality_table_from_pairs_on_a_synthetic_layout(tmp_path: Path):
     assert set(table["degradation"]) == {"munit", "ddpm"}
     with pytest.raises(DataError, match="3 of 3 restored test images of 'missing'"):
         metrics.quality_table_from_pairs(pairs, {"missing": "nowhere/{pair_id}.png"}, tmp_path)
+    assert metrics.statistical_unit(table) == ("patient_id", "patient")
+
+
+def test_statistics_resample_tiles_when_tiles_were_held_out():
+    # one patient, 10 tiles x 2 images: the unit is the tile, so the paired test sees 10 units, not 1 patient
+    table = paired_table().assign(unit_id=lambda t: t.patient_id, patient_id="p", split_unit="tile")
+    result = metrics.paired_method_test(table, "psnr_db", "ours", "baseline")
+    assert result["n_units"] == 10 and result["split_unit"] == "tile"
+    assert result["wilcoxon_p"] == pytest.approx(2.0 / 1024.0)
+    summary = metrics.summarise_metrics(table, ["psnr_db"], ["method"], n_resamples=500)
+    assert set(summary["n_units"]) == {10} and set(summary["split_unit"]) == {"tile"}
+    by_patient = metrics.summarise_metrics(table.drop(columns=["unit_id", "split_unit"]), ["psnr_db"], ["method"], n_resamples=500)
+    assert set(by_patient["n_units"]) == {1} and set(by_patient["split_unit"]) == {"patient"}
+    assert (by_patient["ci_low"] == by_patient["ci_high"]).all()  # one patient: no spread to resample
+    with pytest.raises(DataError, match="mixes split units"):
+        metrics.statistical_unit(table.assign(split_unit=["tile", "patient"] * 20))
 
 
 def test_nodule_table_on_an_enlarged_restored_grid():
