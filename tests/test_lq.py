@@ -10,10 +10,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
-from xrlib.diffusion import ilvr_guidance, sdedit
 from xrlib.io import load_png, save_png16
 from xrlib.lq import (
-    bicubic_twin, build_pairs, fraction_moved, gaussian_blur, load_display_stack, low_pass_ssim, sharpness,
+    bicubic_twin, build_pairs, ddpm_translate, fraction_moved, gaussian_blur, load_display_stack, low_pass_ssim, sharpness,
     spectrum_shape, translation_report,
 )
 from xrlib.errors import ConfigError, DataError
@@ -148,15 +147,8 @@ def ddim_gain(scheduler, timesteps, var: float) -> float:
     return gain
 
 
-def sdedit_display(model, scheduler, hq, strength, steps, seed, ilvr_factor=0):
-    """diffusion.sdedit (+ ILVR) on display images, one seeded generator, as the DDPM-LQ generator uses it."""
-    generator = torch.Generator().manual_seed(seed)
-    guidance = ilvr_guidance(hq * 2 - 1, ilvr_factor, scheduler, generator) if ilvr_factor else None
-    return (sdedit(model, scheduler, hq * 2 - 1, strength, steps, generator, guidance=guidance) + 1) / 2
-
-
 def test_sdedit_strength_sets_how_much_of_the_hq_image_survives():
-    """For Gaussian pixels N(0, s^2) DDIM is linear: the output regressed on the HQ image has slope sqrt(abar_t0) * ddim_gain.
+    """DDPM-LQ (diffusion.sdedit on display images). For Gaussian pixels N(0, s^2) DDIM is linear: the output regressed on the HQ image has slope sqrt(abar_t0) * ddim_gain.
 
     strength = fraction of the 50 steps re-run: the last round(50 strength) timesteps, the first of them t0.
     """
@@ -168,7 +160,7 @@ def test_sdedit_strength_sets_how_much_of_the_hq_image_survives():
     centred_hq = centred_hq - centred_hq.mean()
     slopes = []
     for strength in (0.05, 0.3, 0.6, 1.0):
-        out = sdedit_display(denoiser, scheduler, hq, strength, 50, seed=0) * 2 - 1
+        out = ddpm_translate(denoiser, scheduler, hq, strength, 50, seed=0) * 2 - 1
         used = [int(t) for t in scheduler.timesteps[50 - max(1, round(50 * strength)):]]
         assert len(used) == max(1, round(50 * strength)) and used[-1] == 0
         expected_slope = float(scheduler.alphas_cumprod[used[0]]) ** 0.5 * ddim_gain(scheduler, used, std ** 2)
@@ -176,7 +168,7 @@ def test_sdedit_strength_sets_how_much_of_the_hq_image_survives():
         assert slopes[-1] == pytest.approx(expected_slope, abs=0.03), strength
     assert slopes[0] > 0.7 and slopes[-1] < 0.05 and slopes == sorted(slopes, reverse=True)
     with pytest.raises(ConfigError, match="strength"):
-        sdedit_display(denoiser, scheduler, hq, 0.0, 50, seed=0)
+        ddpm_translate(denoiser, scheduler, hq, 0.0, 50, seed=0)
 
 
 def test_sdedit_reaches_the_lq_domain_and_ilvr_keeps_the_hq_low_pass():
@@ -188,9 +180,9 @@ def test_sdedit_reaches_the_lq_domain_and_ilvr_keeps_the_hq_low_pass():
     def distance(a, b):
         return float((a - b).abs().mean())
 
-    full = sdedit_display(denoiser, scheduler, hq, 1.0, 50, seed=0)
+    full = ddpm_translate(denoiser, scheduler, hq, 1.0, 50, seed=0)
     assert distance(full, target) < 1e-3
-    guided = sdedit_display(denoiser, scheduler, hq, 1.0, 50, seed=0, ilvr_factor=4)
+    guided = ddpm_translate(denoiser, scheduler, hq, 1.0, 50, ilvr_factor=4, seed=0)
     assert float(low_pass_ssim(guided, hq, 3.0)) > 0.9 > float(low_pass_ssim(full, hq, 3.0))
     fine = lambda x: x - gaussian_blur(x, 1.0)  # noqa: E731
     assert distance(fine(guided), fine(target)) < distance(fine(guided), fine(hq))

@@ -238,6 +238,21 @@ def build_pairs(
     return manifest
 
 
+def ddpm_translate(unet: torch.nn.Module, scheduler: Any, hq_display: torch.Tensor, strength: float,
+                   num_inference_steps: int, ilvr_factor: int = 0, seed: int = 0) -> torch.Tensor:
+    """DDPM-LQ: display images (B, 1, n, n) in [0, 1] -> LQ twins, by :func:`xrlib.diffusion.sdedit`.
+
+    ``strength`` is the fraction of the ``num_inference_steps`` re-run (about t0 / T); with
+    ``ilvr_factor`` N > 0, :func:`xrlib.diffusion.ilvr_guidance` keeps the HQ image's low-pass phi_N.
+    One generator seeded with ``seed`` draws all the noise: same seed, same twin.
+    """
+    generator = torch.Generator(device=hq_display.device).manual_seed(int(seed))
+    reference = to_model_range(hq_display)
+    guidance = ilvr_guidance(reference, ilvr_factor, scheduler, generator) if ilvr_factor > 0 else None
+    twin = sdedit(unet, scheduler, reference, strength, num_inference_steps, generator, guidance=guidance)
+    return from_model_range(twin).to(hq_display.device)
+
+
 def pair_generators(
     ddpm_unet: torch.nn.Module,
     ddpm_scheduler: Any,
@@ -247,21 +262,14 @@ def pair_generators(
 ) -> dict[str, tuple[Translate, dict[str, Any]]]:
     """The three generators for :func:`build_pairs`: bicubic, DDPM-LQ (SDEdit + ILVR) and MUNIT-LQ (sampled style).
 
-    DDPM-LQ is :func:`xrlib.diffusion.sdedit` with ``strength`` (fraction of the
-    ``num_inference_steps`` re-run) and, when ``ilvr_factor`` > 0, :func:`xrlib.diffusion.ilvr_guidance`;
-    one generator seeded with the image's seed draws all of its noise.
+    DDPM-LQ is :func:`ddpm_translate` with the image's seed.
     """
     from xrlib.munit import translate_hq_to_lq
 
     ddpm = {k: ddpm_params[k] for k in ("strength", "num_inference_steps", "ilvr_factor")}
 
     def ddpm_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
-        generator = torch.Generator(device=hq_small.device).manual_seed(seed)
-        reference = to_model_range(hq_small)
-        guidance = ilvr_guidance(reference, ddpm["ilvr_factor"], ddpm_scheduler, generator) if ddpm["ilvr_factor"] > 0 else None
-        twin = sdedit(ddpm_unet, ddpm_scheduler, reference, ddpm["strength"], ddpm["num_inference_steps"], generator,
-                      guidance=guidance)
-        return from_model_range(twin).to(hq_small.device)
+        return ddpm_translate(ddpm_unet, ddpm_scheduler, hq_small, seed=seed, **ddpm)
 
     def munit_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
         return translate_hq_to_lq(munit_model, hq_small, seed=seed)
