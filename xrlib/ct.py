@@ -90,8 +90,8 @@ def load_ct(
     except (RuntimeError, OSError, ValueError) as error:
         raise DataError(f"{image_path}: not a readable CT ({error}); replace or re-export it") from error
     affine = np.asarray(subject["image"].affine, dtype=np.float64)
-    if not torch.isfinite(hu).all():
-        bad = int((~torch.isfinite(hu)).sum())
+    bad = int((~torch.isfinite(hu)).sum()) + _nans_hidden_by_reader(image_path)
+    if bad:
         raise DataError(
             f"{image_path}: {bad} voxels are NaN or infinite; re-export the CT or fill them "
             "(e.g. with -1000 HU outside the body)"
@@ -112,6 +112,18 @@ def load_ct(
                 f"{tuple(hu.shape)} ({image_path}); resample the labels onto the CT"
             )
     return CTVolume(hu=hu.clamp(*clamp_hu), affine=affine, source=str(image_path), labels=labels)
+
+
+def _nans_hidden_by_reader(path: Path) -> int:
+    """NaNs in a floating-point NIfTI, which torchio's ITK reader silently turns into numbers."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return 0
+    import nibabel
+
+    image = nibabel.load(str(path))
+    if not np.issubdtype(image.get_data_dtype(), np.floating):
+        return 0  # integer CTs cannot hold NaN
+    return int(np.isnan(np.asarray(image.dataobj, dtype=np.float32)).sum())
 
 
 def lung_mask(ct: CTVolume, lung_label_values=TOTALSEGMENTATOR_LUNG_LOBES) -> torch.Tensor:

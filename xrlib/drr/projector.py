@@ -13,7 +13,7 @@ of constant ``a`` meets that grid in an axis-aligned, scaled and shifted lattice
 samples are *separable*: two 1-D linear interpolations (gathers) instead of a 2-D
 ``grid_sample``. The intermediate image of line integrals is finally warped onto the real
 detector pixels with one bilinear ``grid_sample`` (exact, sample-on-node, for an untilted
-detector; a small resampling for rotated poses). Planes are processed in chunks that fit a
+detector; for rotated poses the intermediate grid is twice as fine as the pixels). Planes are processed in chunks that fit a
 memory budget.
 
 Anti-aliasing across rays: when a detector pixel, scaled back to the lungs, is wider than the
@@ -70,6 +70,10 @@ class ConeBeamProjector(torch.nn.Module):
     @property
     def spacing_mm(self) -> np.ndarray:
         return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @staticmethod
+    def spacing_mm_of(affine: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(affine[:3, :3], axis=0)
 
     def pool_factors(self, geometry: ProjectionGeometry) -> tuple[int, int, int]:
         """Box-filter factors per axis: pixel footprint at the lung centre / voxel spacing, floored."""
@@ -142,7 +146,11 @@ class ConeBeamProjector(torch.nn.Module):
         height, width = slope_u.shape
         centre_plane = to_index[:3, :3] @ torch.tensor(geometry.lung_centre_mm, dtype=torch.float64) + to_index[:3, 3]
         voxel_slope = 1.0 / abs(float(centre_plane[axis] - source[axis]))  # one voxel at the lungs
-        n_detector = max(height, width)
+        # Off-node warps (detector tilted against the slices) interpolate between intermediate rays:
+        # sample those twice as finely as the pixels.
+        tilted = not all(np.isclose(np.abs(np.asarray(d) @ affine[:3, :3] / self.spacing_mm_of(affine)).max(), 1.0)
+                         for d in (geometry.row_dir, geometry.col_dir))
+        n_detector = max(height, width) * (2 if tilted else 1)
 
         def slope_grid(slopes):
             span = float(slopes.max() - slopes.min())
