@@ -13,19 +13,24 @@ def test_deep_merge_overrides_only_known_keys():
     base = {"a": {"x": 1, "y": {"z": 2}}, "b": 3}
     assert deep_merge(base, {"a": {"y": {"z": 5}}}) == {"a": {"x": 1, "y": {"z": 5}}, "b": 3}
     assert base["a"]["y"]["z"] == 2
-    with pytest.raises(ConfigError, match="a.w"):
-        deep_merge(base, {"a": {"w": 1}})
+    assert deep_merge(base, {"a": {"w": 1}})["a"] == {"x": 1, "y": {"z": 2}, "w": 1}
+    with pytest.raises(ConfigError, match="section 'c'"):
+        deep_merge(base, {"c": {"w": 1}})
 
 
 def test_dvc_set_args_round_trip_through_yaml():
-    overrides = {"restorer": {"steps": 1000, "sizes": [512, 1024], "name": "paper run", "flag": None}}
-    args = dvc_set_args(overrides)
-    assert args[::2] == ["-S"] * 4
+    base = {"restorer": {"steps": 10, "sizes": [64], "name": "smoke", "flag": True, "schedule": {"kind": "cosine"}}}
+    overrides = {"restorer": {"steps": 1000, "sizes": [512, 1024], "name": "paper run", "flag": None,
+                              "schedule": {"kind": "linear", "beta_start": 1e-4}, "extra": {"a": 1}}}
+    args = dvc_set_args(overrides, base)
+    assert args[::2] == ["-S"] * 7
     parsed = {}
     for item in args[1::2]:
         key, value = item.split("=", 1)
         parsed[key] = yaml.safe_load(value)
-    assert parsed == {"restorer.steps": 1000, "restorer.sizes": [512, 1024], "restorer.name": "paper run", "restorer.flag": None}
+    assert parsed == {"restorer.steps": 1000, "restorer.sizes": [512, 1024], "restorer.name": "paper run",
+                      "restorer.flag": None, "restorer.schedule.kind": "linear",
+                      "+restorer.schedule.beta_start": 1e-4, "+restorer.extra": {"a": 1}}
 
 
 def test_every_shipped_profile_merges_onto_params(project_root):

@@ -11,6 +11,7 @@ from xrlib.data.fetch import fetch_default, fetch_entry
 from xrlib.data.registry import REGISTRY, get_entry
 from xrlib.errors import DataError, XRLibError
 from xrlib.paths import data_dir, project_root
+from xrlib.params import load_params
 from xrlib.profiles import dvc_set_args, load_overrides, run_notebooks
 
 
@@ -51,7 +52,8 @@ def _registry(args: argparse.Namespace) -> None:
 
 def _experiment(args: argparse.Namespace) -> None:
     overrides = load_overrides(args.profile)
-    command = [_dvc(), "exp", "run", "-n", args.name or args.profile, *dvc_set_args(overrides), *args.dvc_args]
+    base = load_params()
+    command = [_dvc(), "exp", "run", "-n", args.name or args.profile, *dvc_set_args(overrides, base), *args.dvc_args]
     print("+", " ".join(command), flush=True)
     raise SystemExit(subprocess.run(command, cwd=project_root()).returncode)
 
