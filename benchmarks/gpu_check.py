@@ -94,16 +94,17 @@ def main() -> None:
     device = "cpu" if args.dry_run else "cuda"
     started = time.perf_counter()
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)",
-              "torch": torch.__version__, "dry_run": args.dry_run,
-              "cuda_tests": run_cuda_tests()}
-    if args.dry_run:
-        report["restorer"] = run_restorer_bench("smoke", "cpu", [32], 1, 2)
-        report["drr"] = drrs_per_second("cpu", 128, 2, shape=(64, 64, 32))
-    else:
-        report["restorer"] = run_restorer_bench(args.profile, "cuda", [256, 512], args.timed_steps, 8)
-        report["drr"] = drrs_per_second("cuda", 512, 16)
-    report["wall_seconds"] = time.perf_counter() - started
-    write_json_atomic(args.out, report)
+              "torch": torch.__version__, "dry_run": args.dry_run}
+    parts = {
+        "drr": lambda: drrs_per_second("cpu", 128, 2, shape=(64, 64, 32)) if args.dry_run else drrs_per_second("cuda", 512, 16),
+        "cuda_tests": run_cuda_tests,
+        "restorer": lambda: run_restorer_bench("smoke", "cpu", [32], 1, 2) if args.dry_run
+        else run_restorer_bench(args.profile, "cuda", [256, 512], args.timed_steps, 8),
+    }
+    for name, measure in parts.items():  # the report is rewritten after each part: a time-out keeps what ran
+        report[name] = measure()
+        report["wall_seconds"] = time.perf_counter() - started
+        write_json_atomic(args.out, report)
     print(json.dumps(report, indent=2))
 
 
