@@ -9,7 +9,7 @@ from pathlib import Path
 
 from xrlib.data.fetch import fetch_default, fetch_entry
 from xrlib.data.registry import REGISTRY, get_entry
-from xrlib.errors import DataError, XRLibError
+from xrlib.errors import ConfigError, DataError, XRLibError
 from xrlib.paths import data_dir, project_root
 from xrlib.params import load_params
 from xrlib.profiles import dvc_set_args, load_overrides, run_notebooks
@@ -36,7 +36,10 @@ def _fetch(args: argparse.Namespace) -> None:
     if not args.names:
         paths = fetch_default(root)
     else:
-        paths = [p for name in args.names for p in fetch_entry(get_entry(name), root, base_url=args.base)]
+        if args.base and len(args.names) > 1:
+            raise ConfigError("--base names one dataset's location; for several use --mirror (a folder of <name>/ folders)")
+        paths = [p for name in args.names
+                 for p in fetch_entry(get_entry(name), root, base_url=args.base or (f"{args.mirror}/{name}" if args.mirror else None))]
     print(f"{len(paths)} files verified under {root}")
     if not args.data:
         _commit_to_dvc_cache(project_root())
@@ -69,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="fetch registry datasets into data/ (default: the embedded default)")
     fetch.add_argument("names", nargs="*", help="registry names (see `xrlib registry`)")
     fetch.add_argument("--base", help="base location for a url dataset (mirror URL, file:// URL or folder)")
+    fetch.add_argument("--mirror", help="a folder or URL holding one <name>/ folder per dataset (e.g. ../shared/data)")
     fetch.add_argument("--data", help="data folder (default: the project's data/)")
     fetch.set_defaults(run=_fetch)
     registry = commands.add_parser("registry", help="list the datasets the compendium knows")
