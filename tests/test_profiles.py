@@ -58,3 +58,12 @@ def test_papermill_batch_run_writes_executed_copies(project_root, tmp_path):
     assert any(c.get("outputs") for c in notebook["cells"] if c["cell_type"] == "code")
     injected = [c for c in notebook["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and "split_fractions" in "".join(injected[0]["source"])
+
+
+def test_cli_writes_merged_params(project_root, tmp_path):
+    from xrlib.cli import main
+
+    assert main(["params", "paper", "--out", str(tmp_path / "paper.yaml")]) == 0
+    merged = yaml.safe_load((tmp_path / "paper.yaml").read_text())
+    assert merged == profile_params("paper", project_root)
+    assert main(["params", "nonexistent", "--out", str(tmp_path / "x.yaml")]) == 2

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+
+import yaml
 from pathlib import Path
 
 from xrlib.data.fetch import fetch_default, fetch_entry
 from xrlib.data.registry import REGISTRY, get_entry
 from xrlib.errors import ConfigError, DataError, XRLibError
+from xrlib.io import write_text_atomic
 from xrlib.paths import data_dir, project_root
 from xrlib.params import load_params
-from xrlib.profiles import dvc_set_args, load_overrides, run_notebooks
+from xrlib.profiles import dvc_set_args, load_overrides, profile_params, run_notebooks
 
 
 def _dvc() -> str:
@@ -61,6 +64,11 @@ def _experiment(args: argparse.Namespace) -> None:
     raise SystemExit(subprocess.run(command, cwd=project_root()).returncode)
 
 
+def _write_profile_params(args: argparse.Namespace) -> None:
+    write_text_atomic(args.out, yaml.safe_dump(profile_params(args.profile), sort_keys=False))
+    print(f"{args.out}: params.yaml with profile '{args.profile}' applied")
+
+
 def _notebooks(args: argparse.Namespace) -> None:
     for path in run_notebooks(args.profile, args.out, args.names):
         print(f"executed {path}")
@@ -82,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("-n", "--name", help="experiment name (default: the profile's)")
     experiment.add_argument("dvc_args", nargs=argparse.REMAINDER, help="further `dvc exp run` arguments")
     experiment.set_defaults(run=_experiment)
+    merged = commands.add_parser("params", help="write params.yaml with a profile applied (e.g. for torchrun --params)")
+    merged.add_argument("profile")
+    merged.add_argument("--out", required=True, help="the merged params file to write")
+    merged.set_defaults(run=_write_profile_params)
     notebooks = commands.add_parser("notebooks", help="batch-run notebooks with papermill outside DVC")
     notebooks.add_argument("names", nargs="*", help="notebooks by number or name (default: all, in order)")
     notebooks.add_argument("--profile", default="smoke", help="parameter profile (default: smoke)")
