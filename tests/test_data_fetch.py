@@ -101,3 +101,14 @@ def test_registry_entries_are_complete():
         fetch_entry(get_entry("chestx-ray14"), "unused")
     with pytest.raises(ConfigError, match="known:"):
         get_entry("nope")
+
+
+@pytest.mark.shared
+def test_cli_fetches_real_data_sets_from_a_mirror(tmp_path, shared_dir):
+    from xrlib.cli import main
+
+    names = ["pyradiomics-lung-ct", "lidc-nodule-patches"]
+    assert main(["fetch", *names, "--mirror", str(shared_dir / "data"), "--data", str(tmp_path / "data")]) == 0
+    assert sorted(p.name for p in (tmp_path / "data" / "ct").iterdir()) == ["pyradiomics-lung1", "pyradiomics-lung2"]
+    assert len(list((tmp_path / "data" / "nodules" / "lidc").glob("*_seg_*.mha"))) == 236
+    assert main(["fetch", *names, "--base", str(shared_dir), "--data", str(tmp_path / "data")]) == 2

@@ -13,19 +13,24 @@ def test_deep_merge_overrides_only_known_keys():
     base = {"a": {"x": 1, "y": {"z": 2}}, "b": 3}
     assert deep_merge(base, {"a": {"y": {"z": 5}}}) == {"a": {"x": 1, "y": {"z": 5}}, "b": 3}
     assert base["a"]["y"]["z"] == 2
-    with pytest.raises(ConfigError, match="a.w"):
-        deep_merge(base, {"a": {"w": 1}})
+    assert deep_merge(base, {"a": {"w": 1}})["a"] == {"x": 1, "y": {"z": 2}, "w": 1}
+    with pytest.raises(ConfigError, match="section 'c'"):
+        deep_merge(base, {"c": {"w": 1}})
 
 
 def test_dvc_set_args_round_trip_through_yaml():
-    overrides = {"restorer": {"steps": 1000, "sizes": [512, 1024], "name": "paper run", "flag": None}}
-    args = dvc_set_args(overrides)
-    assert args[::2] == ["-S"] * 4
+    base = {"restorer": {"steps": 10, "sizes": [64], "name": "smoke", "flag": True, "schedule": {"kind": "cosine"}}}
+    overrides = {"restorer": {"steps": 1000, "sizes": [512, 1024], "name": "paper run", "flag": None,
+                              "schedule": {"kind": "linear", "beta_start": 1e-4}, "extra": {"a": 1}}}
+    args = dvc_set_args(overrides, base)
+    assert args[::2] == ["-S"] * 7
     parsed = {}
     for item in args[1::2]:
         key, value = item.split("=", 1)
         parsed[key] = yaml.safe_load(value)
-    assert parsed == {"restorer.steps": 1000, "restorer.sizes": [512, 1024], "restorer.name": "paper run", "restorer.flag": None}
+    assert parsed == {"restorer.steps": 1000, "restorer.sizes": [512, 1024], "restorer.name": "paper run",
+                      "restorer.flag": None, "restorer.schedule.kind": "linear",
+                      "+restorer.schedule.beta_start": 1e-4, "+restorer.extra": {"a": 1}}
 
 
 def test_every_shipped_profile_merges_onto_params(project_root):
@@ -53,3 +58,12 @@ def test_papermill_batch_run_writes_executed_copies(project_root, tmp_path):
     assert any(c.get("outputs") for c in notebook["cells"] if c["cell_type"] == "code")
     injected = [c for c in notebook["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and "split_fractions" in "".join(injected[0]["source"])
+
+
+def test_cli_writes_merged_params(project_root, tmp_path):
+    from xrlib.cli import main
+
+    assert main(["params", "paper", "--out", str(tmp_path / "paper.yaml")]) == 0
+    merged = yaml.safe_load((tmp_path / "paper.yaml").read_text())
+    assert merged == profile_params("paper", project_root)
+    assert main(["params", "nonexistent", "--out", str(tmp_path / "x.yaml")]) == 2

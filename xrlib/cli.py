@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+
+import yaml
 from pathlib import Path
 
 from xrlib.data.fetch import fetch_default, fetch_entry
 from xrlib.data.registry import REGISTRY, get_entry
-from xrlib.errors import DataError, XRLibError
+from xrlib.errors import ConfigError, DataError, XRLibError
+from xrlib.io import write_text_atomic
 from xrlib.paths import data_dir, project_root
-from xrlib.profiles import dvc_set_args, load_overrides, run_notebooks
+from xrlib.params import load_params
+from xrlib.profiles import dvc_set_args, load_overrides, profile_params, run_notebooks
 
 
 def _dvc() -> str:
@@ -35,7 +39,10 @@ def _fetch(args: argparse.Namespace) -> None:
     if not args.names:
         paths = fetch_default(root)
     else:
-        paths = [p for name in args.names for p in fetch_entry(get_entry(name), root, base_url=args.base)]
+        if args.base and len(args.names) > 1:
+            raise ConfigError("--base names one dataset's location; for several use --mirror (a folder of <name>/ folders)")
+        paths = [p for name in args.names
+                 for p in fetch_entry(get_entry(name), root, base_url=args.base or (f"{args.mirror}/{name}" if args.mirror else None))]
     print(f"{len(paths)} files verified under {root}")
     if not args.data:
         _commit_to_dvc_cache(project_root())
@@ -51,9 +58,15 @@ def _registry(args: argparse.Namespace) -> None:
 
 def _experiment(args: argparse.Namespace) -> None:
     overrides = load_overrides(args.profile)
-    command = [_dvc(), "exp", "run", "-n", args.name or args.profile, *dvc_set_args(overrides), *args.dvc_args]
+    base = load_params()
+    command = [_dvc(), "exp", "run", "-n", args.name or args.profile, *dvc_set_args(overrides, base), *args.dvc_args]
     print("+", " ".join(command), flush=True)
     raise SystemExit(subprocess.run(command, cwd=project_root()).returncode)
+
+
+def _write_profile_params(args: argparse.Namespace) -> None:
+    write_text_atomic(args.out, yaml.safe_dump(profile_params(args.profile), sort_keys=False))
+    print(f"{args.out}: params.yaml with profile '{args.profile}' applied")
 
 
 def _notebooks(args: argparse.Namespace) -> None:
@@ -67,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="fetch registry datasets into data/ (default: the embedded default)")
     fetch.add_argument("names", nargs="*", help="registry names (see `xrlib registry`)")
     fetch.add_argument("--base", help="base location for a url dataset (mirror URL, file:// URL or folder)")
+    fetch.add_argument("--mirror", help="a folder or URL holding one <name>/ folder per dataset (e.g. ../shared/data)")
     fetch.add_argument("--data", help="data folder (default: the project's data/)")
     fetch.set_defaults(run=_fetch)
     registry = commands.add_parser("registry", help="list the datasets the compendium knows")
@@ -76,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("-n", "--name", help="experiment name (default: the profile's)")
     experiment.add_argument("dvc_args", nargs=argparse.REMAINDER, help="further `dvc exp run` arguments")
     experiment.set_defaults(run=_experiment)
+    merged = commands.add_parser("params", help="write params.yaml with a profile applied (e.g. for torchrun --params)")
+    merged.add_argument("profile")
+    merged.add_argument("--out", required=True, help="the merged params file to write")
+    merged.set_defaults(run=_write_profile_params)
     notebooks = commands.add_parser("notebooks", help="batch-run notebooks with papermill outside DVC")
     notebooks.add_argument("names", nargs="*", help="notebooks by number or name (default: all, in order)")
     notebooks.add_argument("--profile", default="smoke", help="parameter profile (default: smoke)")

@@ -46,12 +46,16 @@ def load_overrides(name: str, root: Path | None = None) -> dict[str, Any]:
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str = "") -> dict[str, Any]:
-    """``base`` updated by ``overrides``, recursively; an override of an unknown key is an error."""
+    """``base`` updated by ``overrides``, recursively.
+
+    A section (top-level key) params.yaml lacks is an error (a typo would otherwise be ignored);
+    inside a section a profile may add keys, e.g. ``beta_start`` for a linear schedule.
+    """
     merged = copy.deepcopy(dict(base))
     for key, value in overrides.items():
-        if key not in merged:
-            raise ConfigError(f"profile overrides '{where}{key}', which params.yaml does not have; check the name")
-        if isinstance(value, Mapping) and isinstance(merged[key], Mapping):
+        if key not in merged and not where:
+            raise ConfigError(f"profile overrides section '{key}', which params.yaml does not have; check the name")
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = deep_merge(merged[key], value, f"{where}{key}.")
         else:
             merged[key] = copy.deepcopy(value)
@@ -64,17 +68,23 @@ def profile_params(name: str, root: Path | None = None) -> dict[str, Any]:
     return deep_merge(load_params(root / "params.yaml"), load_overrides(name, root))
 
 
-def dvc_set_args(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """``-S key.path=value`` arguments for ``dvc exp run`` (values in YAML flow style)."""
+def _flow(value: Any) -> str:
+    """A value in YAML flow style on one line, as DVC's ``-S`` parses it."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def dvc_set_args(overrides: Mapping[str, Any], base: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``-S`` arguments for ``dvc exp run``: ``key.path=value`` for keys params.yaml has,
+    ``+key.path=value`` (DVC's append syntax) for keys a profile adds."""
     args: list[str] = []
     for key, value in overrides.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            args.extend(dvc_set_args(value, f"{dotted}."))
+        present = isinstance(base, Mapping) and key in base
+        if isinstance(value, Mapping) and value and present and isinstance(base[key], Mapping):
+            args.extend(dvc_set_args(value, base[key], f"{dotted}."))
         else:
-            flow = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
-            flow = flow[:-4].strip() if flow.endswith("\n...") or flow.endswith(" ...") else flow
-            args.extend(["-S", f"{dotted}={flow}"])
+            args.extend(["-S", f"{'' if present else '+'}{dotted}={_flow(value)}"])
     return args
 
 

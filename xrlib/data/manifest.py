@@ -130,3 +130,28 @@ def build_xray_manifest(xray_root: str | os.PathLike, out_dir: str | os.PathLike
     splits = assign_splits(manifest.patient_id, fractions, seed)
     manifest.insert(3, "split", manifest.patient_id.map(splits))
     return manifest
+
+
+def build_ct_manifest(ct_root: str | os.PathLike, project_root: str | os.PathLike) -> pd.DataFrame:
+    """Load every CT under ``ct_root`` (see xrlib.ct), check it has lungs, and tabulate its geometry.
+
+    Columns: patient_id, image_path, label_path (relative to ``project_root``), shape, spacing_mm,
+    orientation (RAS after loading), hu_min, hu_max, lung_volume_ml, lung_source ("labels" when the
+    label map holds lung lobes, else "hu"). A CT without lungs in view raises a DataError naming it.
+    """
+    from xrlib.ct import TOTALSEGMENTATOR_LUNG_LOBES, list_ct_folder, load_ct, lung_mask
+
+    project_root = Path(project_root)
+    listing = list_ct_folder(ct_root, relative_to=project_root)
+    rows = []
+    for record in listing.itertuples(index=False):
+        ct = load_ct(project_root / record.image_path, project_root / record.label_path if record.label_path else None)
+        mask = lung_mask(ct)
+        has_lobes = ct.labels is not None and bool(torch.isin(ct.labels, torch.tensor(TOTALSEGMENTATOR_LUNG_LOBES,
+                                                                                      dtype=ct.labels.dtype)).any())
+        rows.append(dict(patient_id=record.patient_id, image_path=record.image_path, label_path=record.label_path,
+                         shape="x".join(map(str, ct.shape)), spacing_mm="x".join(f"{s:.3f}" for s in ct.spacing_mm),
+                         orientation="RAS", hu_min=float(ct.hu.min()), hu_max=float(ct.hu.max()),
+                         lung_volume_ml=float(mask.sum()) * float(np.prod(ct.spacing_mm)) / 1000.0,
+                         lung_source="labels" if has_lobes else "hu"))
+    return pd.DataFrame(rows)
