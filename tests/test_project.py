@@ -48,5 +48,8 @@ def test_every_stage_runs_its_notebook_with_the_params_file(project_root):
         assert f"notebooks/{name}.ipynb" in stage["deps"]
         assert f"outputs/notebooks/{name}.ipynb" in stage["outs"]
         assert stage["cmd"].startswith("${nb}") or "-f params.yaml" in stage["cmd"]
-        for section in stage.get("params", []):
-            assert section in params, f"stage {name} names missing params section {section}"
+        for dotted in stage.get("params", []):
+            node = params
+            for key in dotted.split("."):
+                assert key in node, f"stage {name} names missing parameter {dotted}"
+                node = node[key]

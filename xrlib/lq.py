@@ -307,12 +307,14 @@ class DisplayImageDataset(torch.utils.data.Dataset):
         return {"image": self.images[int(index)], "seed": int(seed)}
 
 
-def read_drr_paths(root: Path) -> list[Path]:
-    """The DRR display PNGs of stage 01 (outputs/01_drr/drrs.csv, drr/<drr_id>.png)."""
+def read_drr_paths(root: Path, nodule_free: bool = False) -> list[Path]:
+    """The DRR display PNGs of stage 01: ``drr/<drr_id>.png``, or with ``nodule_free`` the same
+    renders without their nodules, ``drr_nodule_free/<drr_id>.png`` (listed in outputs/01_drr/drrs.csv)."""
     table_path = root / "outputs" / "01_drr" / "drrs.csv"
     if not table_path.is_file():
-        raise DataError(f"{table_path}: missing; run the 01_drr stage first (dvc repro drr)")
-    return [root / "outputs" / "01_drr" / "drr" / f"{drr_id}.png" for drr_id in pd.read_csv(table_path).drr_id]
+        raise DataError(f"{table_path}: missing; run the 01_drr stage first (dvc repro 01_drr)")
+    folder = root / "outputs" / "01_drr" / ("drr_nodule_free" if nodule_free else "drr")
+    return [folder / f"{drr_id}.png" for drr_id in pd.read_csv(table_path).drr_id]
 
 
 def read_hq_manifest(root: Path) -> pd.DataFrame:
