@@ -24,6 +24,15 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread (small models run faster so on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -23,12 +23,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HANNOVER = SHARED / "data" / "hannover-cxr"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def textured_images(n: int, size: int, seed: int) -> torch.Tensor:

@@ -15,12 +15,7 @@ TINY = MunitConfig(base_channels=4, n_downsample=1, n_res_blocks=1, style_dim=8,
                    disc_channels=4, disc_layers=2, disc_scales=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
