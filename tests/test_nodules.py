@@ -10,9 +10,6 @@ from xrlib.ct import CTVolume
 from xrlib.errors import ConfigError, GeometryError
 from xrlib.nodules import library_nodule, list_nodule_library, parametric_nodule, place_nodules
 
-LIBRARY = Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc-nodule-patches"
-if not LIBRARY.exists():
-    LIBRARY = Path("/work/shared/data/lidc-nodule-patches")
 
 
 @pytest.mark.parametrize("kind, centre_hu", [("solid", 30.0), ("ground_glass", -550.0), ("part_solid", 30.0)])
@@ -68,9 +65,8 @@ def test_nodule_that_cannot_fit_is_refused():
 
 
 @pytest.mark.shared
-@pytest.mark.skipif(not LIBRARY.exists(), reason="needs ../shared/data/lidc-nodule-patches")
-def test_library_nodule_keeps_its_volume_when_resampled():
-    table = list_nodule_library(LIBRARY)
+def test_library_nodule_keeps_its_volume_when_resampled(shared_dir):
+    table = list_nodule_library(shared_dir / "data" / "lidc-nodule-patches")
     row = table.iloc[len(table) // 2]
     import SimpleITK as sitk
 
