@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xrlib.ct import CTVolume
-from xrlib.errors import ConfigError, GeometryError
+from xrlib.errors import ConfigError, DataError, GeometryError
 from xrlib.nodules import library_nodule, list_nodule_library, parametric_nodule, place_nodules
 
 
@@ -75,3 +75,25 @@ def test_library_nodule_keeps_its_volume_when_resampled(shared_dir):
                             np.random.default_rng(0), rotate=True)
     assert float(nodule.alpha.sum()) * 0.7 * 0.7 * 2.5 == pytest.approx(mask_volume_mm3, rel=0.1)
     assert nodule.source.startswith("lidc:")
+
+
+def test_library_without_table_uses_equivalent_sphere_diameters(tmp_path):
+    import SimpleITK as sitk
+
+    axis = np.arange(40) - 19.5
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    sphere = (x**2 + y**2 + z**2 <= 7.0**2).astype(np.uint8)  # 14 mm across at 1 mm voxels
+    folder = tmp_path / "lidc" / "deeper"
+    folder.mkdir(parents=True)
+    for name, array in (("p_seg_0.mha", sphere), ("p_dcm_0.mha", sphere.astype(np.int16) * 1030 - 1000)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.0, 1.0, 1.0))
+        sitk.WriteImage(image, str(folder / name))
+    table = list_nodule_library(tmp_path / "lidc")
+    assert table.diameter_mm.iloc[0] == pytest.approx(14.0, rel=0.03)
+    assert table.img_name.iloc[0].endswith("p_dcm_0.mha")
+    (folder / "p_dcm_0.mha").unlink()
+    with pytest.raises(DataError, match="p_dcm_0.mha is missing"):
+        list_nodule_library(tmp_path / "lidc" / "deeper")
+    with pytest.raises(DataError, match="no nodule masks"):
+        list_nodule_library(tmp_path / "empty")

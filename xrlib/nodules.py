@@ -9,6 +9,8 @@ nodule's rim fades over about a voxel. Placement keeps the whole nodule inside t
 
 from __future__ import annotations
 
+import functools
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,17 +97,37 @@ def parametric_nodule(diameter_mm: float, kind: str, margin: str, spacing_mm, rn
                   kind=kind, source=f"parametric:{margin}")
 
 
-def list_nodule_library(folder: str | os.PathLike) -> pd.DataFrame:
-    """The library's table (ct_nodules.csv: img_name, seg_name, diameter_mm) with absolute paths."""
-    folder = Path(folder)
+@functools.lru_cache(maxsize=4)
+def _library_table(folder: Path) -> pd.DataFrame:
+    masks = sorted(folder.rglob("*_seg_*.mha"))
+    if not masks:
+        raise DataError(f"{folder}: no nodule masks (*_seg_N.mha) found; point drr.nodule_library at a folder "
+                        "of LIDC nodule patches (`xrlib fetch lidc-nodule-patches`)")
+    listed = {}
     table_path = folder / "ct_nodules.csv"
-    if not table_path.is_file():
-        raise DataError(f"{table_path}: nodule library table not found; point drr.nodule_library at a "
-                        "folder holding ct_nodules.csv and nodule_patches/")
-    table = pd.read_csv(table_path)
-    for column in ("img_name", "seg_name"):
-        table[column] = [str(folder / "nodule_patches" / name) for name in table[column]]
-    return table
+    if table_path.is_file():
+        listed = {Path(row.seg_name).name: float(row.diameter_mm) for row in pd.read_csv(table_path).itertuples()}
+    rows = []
+    for mask_path in masks:
+        image_path = mask_path.with_name(mask_path.name.replace("_seg_", "_dcm_"))
+        if not image_path.is_file():
+            raise DataError(f"{mask_path}: its HU patch {image_path.name} is missing; restore it or remove the mask")
+        diameter_mm = listed.get(mask_path.name)
+        if diameter_mm is None:  # equivalent-sphere diameter of the mask
+            mask = tio.LabelMap(mask_path)
+            volume_mm3 = float((mask.data > 0).sum()) * float(np.prod(mask.spacing))
+            diameter_mm = (6.0 * volume_mm3 / np.pi) ** (1.0 / 3.0)
+        rows.append({"img_name": str(image_path), "seg_name": str(mask_path), "diameter_mm": diameter_mm})
+    return pd.DataFrame(rows)
+
+
+def list_nodule_library(folder: str | os.PathLike) -> pd.DataFrame:
+    """The nodule patches under ``folder`` (``*_dcm_N.mha`` HU with ``*_seg_N.mha`` masks, any depth).
+
+    Columns img_name, seg_name (absolute paths) and diameter_mm: from ``ct_nodules.csv`` where the
+    folder has one (the NODE21 layout), else the mask's equivalent-sphere diameter.
+    """
+    return _library_table(Path(folder).resolve()).copy()
 
 
 def library_nodule(image_path, mask_path, diameter_mm: float, spacing_mm, rng: np.random.Generator,

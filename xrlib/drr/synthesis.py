@@ -19,6 +19,7 @@ from xrlib.drr.physics import (attenuation_per_mm, detector_response, material_d
                                polyenergetic_line_integrals, tube_spectrum)
 from xrlib.drr.projector import ConeBeamProjector
 from xrlib.io import save_png16, write_bytes_atomic, write_csv_atomic, write_json_atomic
+from xrlib.paths import project_root
 from xrlib.nodules import allowed_centres, library_nodule, list_nodule_library, parametric_nodule, place_nodules
 
 NODULE_COLUMNS = ["drr_id", "patient_id", "nodule_id", "type", "source", "centre_ras_mm_x", "centre_ras_mm_y",
@@ -64,7 +65,7 @@ def make_nodules(cfg: dict, spacing_mm, rng: np.random.Generator) -> list:
     count = int(cfg["nodules_per_drr"])
     low, high = cfg["nodule_diameter_mm"]
     if cfg.get("nodule_library"):
-        table = list_nodule_library(cfg["nodule_library"])
+        table = list_nodule_library(project_root() / cfg["nodule_library"])  # relative paths: from the project root
         table = table[(table.diameter_mm >= low) & (table.diameter_mm <= high)]
         rows = table.iloc[rng.choice(len(table), size=count, replace=False)]
         return [library_nodule(r.img_name, r.seg_name, r.diameter_mm, spacing_mm, rng, scale_range=(0.9, 1.1))
