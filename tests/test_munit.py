@@ -121,11 +121,12 @@ def test_resume_after_interruption_equals_a_straight_run(tmp_path):
     straight = train_munit(hq, lq, TINY, training, tmp_path / "straight")
     interrupted = MunitTraining(**{**training.__dict__, "steps": 3})
     train_munit(hq, lq, TINY, interrupted, tmp_path / "resumed")  # stops after the step-3 checkpoint
-    assert latest_checkpoint(tmp_path / "resumed").name == "step-00000003"
+    (run,) = (tmp_path / "resumed").iterdir()  # the run identity's folder
+    assert latest_checkpoint(run).name == "step-00000003"
     resumed = train_munit(hq, lq, TINY, training, tmp_path / "resumed")
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-    reloaded = load_munit(latest_checkpoint(tmp_path / "resumed"), TINY)
+    reloaded = load_munit(latest_checkpoint(run), TINY)
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), reloaded.state_dict().values()))
 
 

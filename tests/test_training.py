@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from xrlib.checkpoint import latest_checkpoint, list_checkpoints
-from xrlib.errors import CheckpointError, ConfigError
+from xrlib.errors import ConfigError
 from xrlib.training import SeededBatches, TrainConfig, ema_decay_at, train, update_ema, warmup_cosine
 
 torch.set_num_threads(1)  # the CI machine has 2 shared cores: more threads only spin
@@ -102,7 +102,7 @@ def test_loss_falls_and_lr_warms_up_then_follows_the_cosine(tmp_path):
     assert lr[60] == pytest.approx(0.0, abs=1e-12)
     assert warmup_cosine(100, 3, 60) == 0.0
     assert (tmp_path / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
-    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000060"]
+    assert [p.name for p in list_checkpoints(only_run(tmp_path))] == ["step-00000060"]
 
 
 KILLABLE = textwrap.dedent("""
@@ -144,7 +144,7 @@ def test_resume_after_sigkill_continues_as_if_never_stopped(tmp_path):
         time.sleep(0.1)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
-    assert latest_checkpoint(killed / "checkpoints").name == "step-00000005"
+    assert latest_checkpoint(only_run(killed)).name == "step-00000005"
 
     resumed = run_tiny_training(killed, 10)
     assert [step for step, _ in resumed["history"]] == list(range(6, 11))
@@ -152,7 +152,7 @@ def test_resume_after_sigkill_continues_as_if_never_stopped(tmp_path):
         for key, tensor in expected[name].state_dict().items():
             torch.testing.assert_close(resumed[name].state_dict()[key], tensor, rtol=1e-6, atol=1e-7)
     assert resumed["history"] == expected["history"][5:]
-    assert latest_checkpoint(killed / "checkpoints").name == "step-00000010"
+    assert latest_checkpoint(only_run(killed)).name == "step-00000010"
 
 
 def _ddp_worker(rank, world_size, init_file, run_dir, out_dir):
@@ -174,8 +174,8 @@ def test_ddp_on_gloo_matches_one_process_with_the_global_batch(tmp_path):
     for key, tensor in ranks[0]["weights"].items():
         assert torch.equal(tensor, ranks[1]["weights"][key])
     assert ranks[0]["history"] == ranks[1]["history"]
-    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step-00000003", "step-00000006"]
-    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert [p.name for p in list_checkpoints(only_run(run_dir))] == ["step-00000003", "step-00000006"]
+    assert not [p for p in only_run(run_dir).iterdir() if p.name.startswith(".")]
 
     single = run_tiny_training(tmp_path / "single", steps=6, checkpoint_every=6, batch_size=4)
     for key, tensor in single["model"].state_dict().items():
@@ -184,7 +184,18 @@ def test_ddp_on_gloo_matches_one_process_with_the_global_batch(tmp_path):
         assert step == single_step and loss == pytest.approx(single_loss, rel=1e-4)
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path):
-    run_tiny_training(tmp_path, steps=5)
-    with pytest.raises(CheckpointError, match="other settings.*steps"):
-        run_tiny_training(tmp_path, steps=8)
+def only_run(run_dir):
+    """The one run-identity folder under run_dir/checkpoints."""
+    (folder,) = (run_dir / "checkpoints").iterdir()
+    return folder
+
+
+def test_other_settings_start_afresh_and_drop_stale_checkpoints(tmp_path):
+    first = run_tiny_training(tmp_path / "changed", steps=5)
+    stale = only_run(tmp_path / "changed")
+    changed = run_tiny_training(tmp_path / "changed", steps=8)
+    fresh = run_tiny_training(tmp_path / "fresh", steps=8)
+    assert only_run(tmp_path / "changed") != stale and not stale.exists()
+    assert changed["history"][0][0] == fresh["history"][0][0] and first["step"] == 5 and changed["step"] == 8
+    for a, b in zip(changed["model"].state_dict().values(), fresh["model"].state_dict().values()):
+        torch.testing.assert_close(a, b)

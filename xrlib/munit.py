@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xrlib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from xrlib.training import run_checkpoints
 from xrlib.errors import ConfigError
 
 
@@ -358,7 +359,8 @@ def train_munit(
 ) -> Munit:
     """Train MUNIT on unpaired HQ (domain a) and LQ (domain b) display images (N, 1, H, W) in [0, 1].
 
-    Resumes from the newest checkpoint in ``checkpoint_dir`` (weights, optimizers, schedulers, RNG),
+    Resumes from the newest checkpoint of the same run identity under ``checkpoint_dir`` (see
+    :func:`xrlib.training.run_checkpoints`; weights, optimizers, schedulers, RNG),
     so an interrupted run, restarted, reproduces a straight run exactly; ``training.steps`` is the
     total, and a finished run returns at once. Batches are random crops (global torch RNG, seeded).
     ``live`` is a dvclive ``Live`` (or None); loss terms are logged every ``log_every`` steps.
@@ -367,6 +369,10 @@ def train_munit(
     model = Munit(config)
     optimizers, schedulers = _optimizers(model, training)
     start = 0
+    # what a resumed run must share; not steps (the LR steps do not depend on the total: more steps extend a run)
+    settings = {k: v for k, v in dataclasses.asdict(training).items() if k not in ("steps", "checkpoint_every", "log_every")}
+    identity = {"model": config.to_dict(), "settings": settings, "images": [len(hq_display), len(lq_display)]}
+    checkpoint_dir = run_checkpoints(checkpoint_dir, identity)
     found = latest_checkpoint(checkpoint_dir)
     if found is not None:
         start = load_checkpoint(found, _modules(model), optimizers, schedulers, expected_config=config.to_dict())["step"]

@@ -17,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import hashlib
+import json
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -185,6 +188,23 @@ def _images_for_log(images: torch.Tensor) -> np.ndarray:
     return (strip.numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
+def run_checkpoints(checkpoints_root: str | os.PathLike, identity: Mapping[str, Any], remove_stale: bool = True) -> Path:
+    """The checkpoint folder of one run identity, ``checkpoints_root/<key>``; other identities' removed.
+
+    ``identity`` holds what a resumed run must share (architecture, training settings, data size);
+    its hash is the key, so a run resumes only from its own checkpoints. After a change of
+    parameters (``dvc repro`` with ``persist: true`` outputs) training starts afresh instead of
+    failing or resuming another run; the stale folders, never resumable, are deleted (rank 0 only).
+    """
+    key = hashlib.sha256(json.dumps(dict(identity), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    folder = Path(checkpoints_root) / key
+    if remove_stale and folder.parent.is_dir():
+        for other in folder.parent.iterdir():
+            if other != folder:
+                shutil.rmtree(other) if other.is_dir() else other.unlink()
+    return folder
+
+
 def train(
     model: torch.nn.Module,
     loss_fn: LossFn,
@@ -209,7 +229,9 @@ def train(
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     run_dir = Path(run_dir)
-    checkpoints, live_dir = run_dir / "checkpoints", run_dir / "dvclive"
+    fingerprint = cfg.fingerprint(len(dataset))
+    checkpoints = run_checkpoints(run_dir / "checkpoints", {"model": model_config, "settings": fingerprint}, rank == 0)
+    live_dir = run_dir / "dvclive"
 
     torch.manual_seed(cfg.seed)
     model = model.to(device).train()
@@ -219,15 +241,12 @@ def train(
         optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps))
     start_step = 0
     found = latest_checkpoint(checkpoints)
-    fingerprint = cfg.fingerprint(len(dataset))
     if found is not None:
         restored = load_checkpoint(found, {"model": model, "ema": ema}, {"optimizer": optimizer}, {"lr": lr_schedule},
                                    model_config)
-        stored = restored["extra"].get("fingerprint", {})
-        differing = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
-        if differing:
-            raise CheckpointError(f"{found}: written by a run with other settings ({', '.join(differing)}); "
-                                  f"delete {checkpoints} to start afresh or restore those settings")
+        if restored["extra"].get("fingerprint") != json.loads(json.dumps(fingerprint)):
+            raise CheckpointError(f"{found}: its training settings differ from its folder's; the checkpoint "
+                                  f"was moved by hand: delete {checkpoints}")
         start_step = restored["step"]
     network = model
     if distributed:
