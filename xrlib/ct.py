@@ -126,16 +126,20 @@ def _nans_hidden_by_reader(path: Path) -> int:
     return int(np.isnan(np.asarray(image.dataobj, dtype=np.float32)).sum())
 
 
+def lung_labels(ct: CTVolume, lung_label_values=TOTALSEGMENTATOR_LUNG_LOBES) -> torch.Tensor | None:
+    """The lungs of the CT's label map (its lung-lobe labels), or None where it holds none."""
+    if ct.labels is None:
+        return None
+    from_labels = torch.isin(ct.labels, torch.tensor(lung_label_values, dtype=ct.labels.dtype))
+    return from_labels if from_labels.any() else None
+
+
 def lung_mask(ct: CTVolume, lung_label_values=TOTALSEGMENTATOR_LUNG_LOBES) -> torch.Tensor:
     """Boolean lung mask: from the label map when it holds lung labels, else from HU.
 
     Raises :class:`DataError` when the mask is smaller than :data:`MIN_LUNG_VOLUME_ML`.
     """
-    mask = None
-    if ct.labels is not None:
-        from_labels = torch.isin(ct.labels, torch.tensor(lung_label_values, dtype=ct.labels.dtype))
-        if from_labels.any():
-            mask = from_labels
+    mask = lung_labels(ct, lung_label_values)
     if mask is None:
         mask = torch.from_numpy(segment_lungs_hu(ct.hu.numpy(), ct.spacing_mm))
     volume_ml = float(mask.sum()) * float(np.prod(ct.spacing_mm)) / 1000.0

@@ -35,6 +35,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from xrlib.data.manifest import assign_splits
 from xrlib.diffusion import ilvr_guidance, sdedit
 from xrlib.errors import ConfigError, DataError
+from xrlib.paths import outputs_dir
 from xrlib.io import load_png, save_png16, write_csv_atomic
 from xrlib.metrics import radial_power_spectrum
 from xrlib.pairs_dataset import PAIR_COLUMNS, from_model_range, resize_bicubic, to_model_range
@@ -310,16 +311,16 @@ class DisplayImageDataset(torch.utils.data.Dataset):
 def read_drr_paths(root: Path, nodule_free: bool = False) -> list[Path]:
     """The DRR display PNGs of stage 01: ``drr/<drr_id>.png``, or with ``nodule_free`` the same
     renders without their nodules, ``drr_nodule_free/<drr_id>.png`` (listed in outputs/01_drr/drrs.csv)."""
-    table_path = root / "outputs" / "01_drr" / "drrs.csv"
+    table_path = outputs_dir(root) / "01_drr" / "drrs.csv"
     if not table_path.is_file():
         raise DataError(f"{table_path}: missing; run the 01_drr stage first (dvc repro 01_drr)")
-    folder = root / "outputs" / "01_drr" / ("drr_nodule_free" if nodule_free else "drr")
+    folder = outputs_dir(root) / "01_drr" / ("drr_nodule_free" if nodule_free else "drr")
     return [folder / f"{drr_id}.png" for drr_id in pd.read_csv(table_path).drr_id]
 
 
 def read_hq_manifest(root: Path) -> pd.DataFrame:
     """The HQ X-ray manifest of stage 00 (image_id, patient_id, split, path relative to the root)."""
-    table_path = root / "outputs" / "00_data" / "xray_manifest.csv"
+    table_path = outputs_dir(root) / "00_data" / "xray_manifest.csv"
     if not table_path.is_file():
         raise DataError(f"{table_path}: missing; run the 00_data stage first (dvc repro data)")
     return pd.read_csv(table_path, dtype={"image_id": str, "patient_id": str})

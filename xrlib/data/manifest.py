@@ -139,7 +139,7 @@ def build_ct_manifest(ct_root: str | os.PathLike, project_root: str | os.PathLik
     orientation (RAS after loading), hu_min, hu_max, lung_volume_ml, lung_source ("labels" when the
     label map holds lung lobes, else "hu"). A CT without lungs in view raises a DataError naming it.
     """
-    from xrlib.ct import TOTALSEGMENTATOR_LUNG_LOBES, list_ct_folder, load_ct, lung_mask
+    from xrlib.ct import list_ct_folder, load_ct, lung_labels, lung_mask
 
     project_root = Path(project_root)
     listing = list_ct_folder(ct_root, relative_to=project_root)
@@ -147,11 +147,9 @@ def build_ct_manifest(ct_root: str | os.PathLike, project_root: str | os.PathLik
     for record in listing.itertuples(index=False):
         ct = load_ct(project_root / record.image_path, project_root / record.label_path if record.label_path else None)
         mask = lung_mask(ct)
-        has_lobes = ct.labels is not None and bool(torch.isin(ct.labels, torch.tensor(TOTALSEGMENTATOR_LUNG_LOBES,
-                                                                                      dtype=ct.labels.dtype)).any())
         rows.append(dict(patient_id=record.patient_id, image_path=record.image_path, label_path=record.label_path,
                          shape="x".join(map(str, ct.shape)), spacing_mm="x".join(f"{s:.3f}" for s in ct.spacing_mm),
                          orientation="RAS", hu_min=float(ct.hu.min()), hu_max=float(ct.hu.max()),
                          lung_volume_ml=float(mask.sum()) * float(np.prod(ct.spacing_mm)) / 1000.0,
-                         lung_source="labels" if has_lobes else "hu"))
+                         lung_source="hu" if lung_labels(ct) is None else "labels"))
     return pd.DataFrame(rows)
