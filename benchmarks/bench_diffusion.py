@@ -23,9 +23,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from xrlib.diffusion import build_unet, diffusion_loss_fn, make_scheduler, restorer_model_config, restorer_settings
+from xrlib.models.restorer import restorer_model_config, restorer_settings
+from xrlib.models.sampling import make_scheduler
+from xrlib.models.unet import build_unet, diffusion_loss_fn
 from xrlib.params import load_params
-from xrlib.training import select_device
+from xrlib.models.training import select_device
 
 SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm_solver", 20))
 

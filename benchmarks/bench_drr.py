@@ -39,7 +39,7 @@ RENDERERS = ("xrlib", "diffdrr-trilinear", "diffdrr-siddon")
 def write_scene(size_px: int, path: Path) -> None:
     """Save the shared inputs: attenuation volume (1/mm, quantised to 1e-5 so it travels small),
     affine, PA geometry. Both renderers read this one file."""
-    from xrlib.ct import load_ct, lung_centre_mm, lung_mask
+    from xrlib.data.ct import load_ct, lung_centre_mm, lung_mask
     from xrlib.drr.physics import attenuation_per_mm, tube_spectrum
 
     ct = load_ct(CT_DIR / "cxr.nii.gz", CT_DIR / "mask.nii.gz")

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from xrlib.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, load_weights, save_checkpoint
+from xrlib.models.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from xrlib.errors import CheckpointError
 
 CONFIG = {"channels": 4, "kind": "tiny"}

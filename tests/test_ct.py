@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from xrlib.ct import dice, list_ct_folder, load_ct, lung_mask, segment_lungs_hu
+from xrlib.data.ct import dice, list_ct_folder, load_ct, lung_mask, segment_lungs_hu
 from xrlib.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_mid_lung_slices_follow_the_radiological_convention():
     import numpy as np
     import torch
 
-    from xrlib.ct import CTVolume, mid_lung_slices
+    from xrlib.data.ct import CTVolume, mid_lung_slices
 
     hu = torch.full((10, 8, 6), -1000.0)
     lungs = torch.zeros_like(hu, dtype=torch.bool)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from xrlib.diffusion import build_unet, diffusion_loss, make_scheduler, sample
+from xrlib.models.sampling import diffusion_loss, make_scheduler, sample
+from xrlib.models.unet import build_unet
 
 pytestmark = pytest.mark.cuda
 

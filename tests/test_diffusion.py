@@ -14,19 +14,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from xrlib.diffusion import (
-    build_unet,
-    diffusion_loss,
-    export_weights,
-    ilvr_guidance,
-    image_seed,
-    load_model,
-    make_scheduler,
-    restore,
-    restore_files,
-    sample,
-    sdedit,
-)
+from xrlib.models.restorer import image_seed, restore, restore_files
+from xrlib.models.sampling import diffusion_loss, ilvr_guidance, make_scheduler, sample, sdedit
+from xrlib.models.unet import build_unet, export_weights, load_model
 from xrlib.errors import CheckpointError, ConfigError
 from xrlib.io import load_png, save_png16
 

@@ -7,8 +7,9 @@ import torch
 
 from xrlib.errors import ConfigError, DataError
 from xrlib.io import load_png, save_png16
-from xrlib.lq import bicubic_twin, build_pairs
-from xrlib.pairs_dataset import PAIR_COLUMNS, PairDataset, check_scale, read_pairs, resize_bicubic
+from xrlib.lq.pairs import build_pairs
+from xrlib.lq.twins import bicubic_twin
+from xrlib.data.pairs import PAIR_COLUMNS, PairDataset, check_scale, read_pairs, resize_bicubic
 
 torch.set_num_threads(1)
 
@@ -20,7 +21,7 @@ def smooth_and_asymmetric(size: int = 96) -> np.ndarray:
 
 
 def bicubic_pairs(images: dict, output_dir, root, hq_px: int, scale: int) -> pd.DataFrame:
-    """Bicubic pairs of whole images through the one pair builder (xrlib.lq.build_pairs)."""
+    """Bicubic pairs of whole images through the one pair builder (xrlib.lq.pairs.build_pairs)."""
     table = pd.DataFrame([{"image_id": image_id, "patient_id": item["patient_id"], "split": item["split"],
                            "path": f"in/{image_id}.png"} for image_id, item in images.items()])
     for image_id, item in images.items():

@@ -5,11 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from xrlib.diffusion import load_model, restore_test_pairs, restorer_settings, train_restorer
+from xrlib.models.restorer import restore_test_pairs, restorer_settings, train_restorer
+from xrlib.models.unet import load_model
 from xrlib.errors import ConfigError
 from xrlib.io import load_png, save_png16
-from xrlib.lq import bicubic_twin, build_pairs
-from xrlib.pairs_dataset import read_pairs
+from xrlib.lq.pairs import build_pairs
+from xrlib.lq.twins import bicubic_twin
+from xrlib.data.pairs import read_pairs
 
 torch.set_num_threads(1)
 

@@ -10,13 +10,19 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from xrlib.io import load_png, save_png16
-from xrlib.lq import (
-    bicubic_twin, build_pairs, ddpm_translate, fraction_moved, gaussian_blur, load_display_stack, low_pass_ssim, sharpness,
-    spectrum_shape, translation_report,
+from xrlib.lq.checks import (
+    fraction_moved,
+    gaussian_blur,
+    low_pass_ssim,
+    sharpness,
+    spectrum_shape,
+    translation_report,
 )
+from xrlib.lq.pairs import build_pairs, load_display_stack
+from xrlib.lq.twins import bicubic_twin, ddpm_translate
 from xrlib.errors import ConfigError, DataError
-from xrlib.metrics import radial_power_spectrum
-from xrlib.pairs_dataset import PAIR_COLUMNS, resize_bicubic
+from xrlib.eval.realism import radial_power_spectrum
+from xrlib.data.pairs import PAIR_COLUMNS, resize_bicubic
 
 
 
@@ -181,7 +187,7 @@ def test_sdedit_reaches_the_lq_domain_and_ilvr_keeps_the_hq_low_pass():
 
 
 def test_ddpm_lq_generator_is_deterministic_for_a_seed():
-    from xrlib.lq import pair_generators
+    from xrlib.lq.twins import pair_generators
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
@@ -255,7 +261,7 @@ def test_one_patient_is_split_by_tiles_and_many_patients_by_patient(tmp_path):
 @pytest.mark.shared
 @pytest.mark.slow
 def test_munit_on_real_xrays_moves_toward_the_drr_like_domain_and_keeps_anatomy(tmp_path, shared_dir):
-    from xrlib.munit import MunitConfig, MunitTraining, train_munit, translate_hq_to_lq
+    from xrlib.models.munit import MunitConfig, MunitTraining, train_munit, translate_hq_to_lq
 
     HANNOVER = shared_dir / "data" / "hannover-cxr"
 
@@ -276,8 +282,9 @@ def test_munit_on_real_xrays_moves_toward_the_drr_like_domain_and_keeps_anatomy(
 
 
 def test_the_three_generators_make_pairs_and_their_checks(tmp_path):
-    from xrlib.lq import DisplayImageDataset, manifest_translation_checks, pair_generators
-    from xrlib.munit import Munit, MunitConfig, translate_hq_to_lq
+    from xrlib.lq.checks import manifest_translation_checks
+    from xrlib.lq.twins import DisplayImageDataset, pair_generators
+    from xrlib.models.munit import Munit, MunitConfig, translate_hq_to_lq
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,

@@ -3,12 +3,23 @@
 import pytest
 import torch
 
-from xrlib.munit import (
-    Munit, MunitConfig, MunitTraining, adaptive_instance_norm, discriminator_loss, generator_losses, load_munit,
-    lsgan_discriminator_loss, lsgan_generator_loss, random_crops, reconstruction_loss, style_interpolation,
-    train_munit, translate_hq_to_lq,
+from xrlib.models.munit import (
+    Munit,
+    MunitConfig,
+    MunitTraining,
+    adaptive_instance_norm,
+    discriminator_loss,
+    generator_losses,
+    load_munit,
+    lsgan_discriminator_loss,
+    lsgan_generator_loss,
+    random_crops,
+    reconstruction_loss,
+    style_interpolation,
+    train_munit,
+    translate_hq_to_lq,
 )
-from xrlib.checkpoint import latest_checkpoint
+from xrlib.models.checkpoint import latest_checkpoint
 from xrlib.errors import ConfigError
 
 TINY = MunitConfig(base_channels=4, n_downsample=1, n_res_blocks=1, style_dim=8, mlp_dim=8,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from xrlib.ct import CTVolume
+from xrlib.data.ct import CTVolume
 from xrlib.errors import ConfigError, DataError, GeometryError
-from xrlib.nodules import library_nodule, list_nodule_library, parametric_nodule, place_nodules
+from xrlib.drr.nodules import library_nodule, list_nodule_library, parametric_nodule, place_nodules
 
 
 

@@ -8,9 +8,19 @@ import pytest
 
 from xrlib.errors import DataError
 from xrlib.io import save_png16
-from xrlib.observers import (
-    CHOObserver, NPWObserver, detectability_index, extract_rois, gaussian_signal, laguerre_gauss_channels,
-    lumpy_background, observer_detectability, condition_table_from_outputs, synthetic_condition_table, rois_from_condition_table, virtual_readings,
+from xrlib.eval.observers import (
+    CHOObserver,
+    NPWObserver,
+    detectability_index,
+    extract_rois,
+    gaussian_signal,
+    laguerre_gauss_channels,
+    lumpy_background,
+    observer_detectability,
+    condition_table_from_outputs,
+    synthetic_condition_table,
+    rois_from_condition_table,
+    virtual_readings,
 )
 from xrlib.stats import or_analysis
 

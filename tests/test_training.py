@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from xrlib.checkpoint import latest_checkpoint, list_checkpoints
+from xrlib.models.checkpoint import latest_checkpoint, list_checkpoints
 from xrlib.errors import ConfigError
-from xrlib.training import SeededBatches, TrainConfig, ema_decay_at, train, update_ema, warmup_cosine
+from xrlib.models.training import SeededBatches, TrainConfig, ema_decay_at, train, update_ema, warmup_cosine
 
 torch.set_num_threads(1)  # the CI machine has 2 shared cores: more threads only spin
 

@@ -137,7 +137,7 @@ def with_interval(mean: float, low: float, high: float, digits: int) -> str:
 def paper_quality_table(
     beside: pd.DataFrame, method_labels: Mapping[str, str], degradation_labels: Mapping[str, str]
 ) -> pd.DataFrame:
-    """The paper's table for print, from :func:`xrlib.metrics.beside_published`: ours with 95 % CIs beside the published values."""
+    """The paper's table for print, from :func:`xrlib.paper.beside_published`: ours with 95 % CIs beside the published values."""
     digits = {"psnr_db": 2, "ssim": 3, "ms_ssim": 3}
     names = {"psnr_db": "PSNR (dB)", "ssim": "SSIM", "ms_ssim": "MS-SSIM"}
     table = pd.DataFrame({
@@ -302,7 +302,7 @@ def spectra_plot(
     """Mean radial spectra of image sets on a log scale, with the 10-90 % band across images.
 
     ``spectra`` is long: set, frequency_cycles_per_px, power_mean, power_p10, power_p90
-    (as :func:`xrlib.metrics.spectra_table` writes it).
+    (as :func:`xrlib.eval.realism.spectra_table` writes it).
     """
     labels = labels or {}
     fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN["single"], 2.4))

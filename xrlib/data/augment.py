@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torchio as tio
 
-from xrlib.ct import CTVolume
+from xrlib.data.ct import CTVolume
 
 
 def _subject(ct: CTVolume) -> tio.Subject:

@@ -5,7 +5,7 @@ Layout a user fills (then ``dvc add data``)::
     data/xray/<patient_id>/*.dcm|*.png         one folder per patient, or
     data/xray/<dataset>/data.csv + images      a dataset folder whose data.csv has image_id, patient_id
                                                  (and optionally projection), images found by stem
-    data/ct/<patient_id>/<image> [+ label map]  see xrlib.ct
+    data/ct/<patient_id>/<image> [+ label map]  see xrlib.data.ct
 
 Splits are drawn over patients, never images, so no patient is in two splits.
 """
@@ -133,13 +133,13 @@ def build_xray_manifest(xray_root: str | os.PathLike, out_dir: str | os.PathLike
 
 
 def build_ct_manifest(ct_root: str | os.PathLike, project_root: str | os.PathLike) -> pd.DataFrame:
-    """Load every CT under ``ct_root`` (see xrlib.ct), check it has lungs, and tabulate its geometry.
+    """Load every CT under ``ct_root`` (see xrlib.data.ct), check it has lungs, and tabulate its geometry.
 
     Columns: patient_id, image_path, label_path (relative to ``project_root``), shape, spacing_mm,
     orientation (RAS after loading), hu_min, hu_max, lung_volume_ml, lung_source ("labels" when the
     label map holds lung lobes, else "hu"). A CT without lungs in view raises a DataError naming it.
     """
-    from xrlib.ct import list_ct_folder, load_ct, lung_labels, lung_mask
+    from xrlib.data.ct import list_ct_folder, load_ct, lung_labels, lung_mask
 
     project_root = Path(project_root)
     listing = list_ct_folder(ct_root, relative_to=project_root)

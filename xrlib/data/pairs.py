@@ -1,6 +1,6 @@
 """Paired (LQ, HQ) chest X-ray data for the restorer: the pair manifest's schema and reader, the training dataset.
 
-A pair manifest (``outputs/pairs/pairs.csv``, written by :func:`xrlib.lq.build_pairs`) has the columns :data:`PAIR_COLUMNS`; paths are
+A pair manifest (``outputs/pairs/pairs.csv``, written by :func:`xrlib.lq.pairs.build_pairs`) has the columns :data:`PAIR_COLUMNS`; paths are
 16-bit PNGs relative to the project root, the LQ image at the input size, the HQ one ``scale``
 times larger. The model sees the LQ image upsampled back to the HQ size with bicubic
 interpolation, and both images in [-1, 1].
@@ -27,7 +27,7 @@ from xrlib.io import load_png
 
 PAIR_COLUMNS = ("pair_id", "unit_id", "split_unit", "patient_id", "split", "generator", "generator_params",
                 "lq_path", "hq_path")
-"""The pair manifest (written by :func:`xrlib.lq.build_pairs`). ``unit_id`` is the unit that was split
+"""The pair manifest (written by :func:`xrlib.lq.pairs.build_pairs`). ``unit_id`` is the unit that was split
 and that statistics resample: the patient (``split_unit`` "patient") or, when too few patients hold
 nothing out, an image tile (``split_unit`` "tile"). ``generator_params`` is JSON."""
 

@@ -8,7 +8,7 @@ Conventions (the one place they are defined; docs and notebook quote them):
   posterior. ``sid_mm`` is the source-to-image (detector) distance; the detector plane is
   ``centre_to_detector_mm`` beyond the lung centre, so the lungs are magnified by
   ``sid_mm / (sid_mm - centre_to_detector_mm)``.
-* The central ray passes through the lung centre (:func:`xrlib.ct.lung_centre_mm`) and hits the
+* The central ray passes through the lung centre (:func:`xrlib.data.ct.lung_centre_mm`) and hits the
   detector's centre at right angles.
 * Image axes (both views): radiological convention, as if facing the patient. Row 0 is the top of
   the image (superior); rows grow towards the feet (-z). Column 0 is the image's left, which shows

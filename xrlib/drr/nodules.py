@@ -21,7 +21,7 @@ import torch
 import torchio as tio
 from scipy import ndimage
 
-from xrlib.ct import CTVolume
+from xrlib.data.ct import CTVolume
 from xrlib.errors import ConfigError, DataError, GeometryError
 
 NODULE_TYPES = ("solid", "part_solid", "ground_glass")

@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from xrlib.augment import augment_ct, resample_ct
-from xrlib.ct import CTVolume, load_ct, lung_centre_mm, lung_mask
+from xrlib.data.augment import augment_ct, resample_ct
+from xrlib.data.ct import CTVolume, load_ct, lung_centre_mm, lung_mask
 from xrlib.drr.display import display_window, to_display
 from xrlib.drr.geometry import ProjectionGeometry, chest_geometry, random_pose
 from xrlib.drr.physics import (attenuation_per_mm, detector_response, material_densities,
@@ -20,7 +20,13 @@ from xrlib.drr.physics import (attenuation_per_mm, detector_response, material_d
 from xrlib.drr.projector import ConeBeamProjector
 from xrlib.io import save_png16, write_bytes_atomic, write_csv_atomic, write_json_atomic
 from xrlib.paths import project_root
-from xrlib.nodules import allowed_centres, library_nodule, list_nodule_library, parametric_nodule, place_nodules
+from xrlib.drr.nodules import (
+    allowed_centres,
+    library_nodule,
+    list_nodule_library,
+    parametric_nodule,
+    place_nodules,
+)
 
 NODULE_COLUMNS = ["drr_id", "patient_id", "nodule_id", "type", "source", "centre_ras_mm_x", "centre_ras_mm_y",
                   "centre_ras_mm_z", "diameter_mm", "centre_row_px", "centre_col_px", "bbox_row0", "bbox_col0",

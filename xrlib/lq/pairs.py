@@ -1,48 +1,25 @@
-"""Low-quality (DRR-like) twins of real X-rays, the paired training set, and checks of the translation.
-
-Three ways to make an LQ twin of an HQ display X-ray (all images float (B, 1, H, W) in [0, 1]):
-
-- **bicubic** (the baseline): antialiased bicubic downsampling to the restorer's input size.
-- **DDPM-LQ**: :func:`xrlib.diffusion.sdedit` noises the HQ image part-way and denoises it with a
-  DDPM trained on DRRs (SDEdit, Meng et al. 2022); ``strength`` is the fraction of the sampling
-  steps re-run (about t0 / T for evenly spaced timesteps). Optional ILVR guidance (Choi et al.
-  2021, :func:`xrlib.diffusion.ilvr_guidance`) replaces the low-pass of every intermediate sample
-  by that of the HQ image noised to the same step, so the anatomy stays while the texture becomes DRR-like.
-- **MUNIT-LQ**: :func:`xrlib.munit.translate_hq_to_lq` (HQ content code, LQ style code).
+"""The paired (LQ, HQ) training set: HQ tiles and their LQ twins by each generator, with the pair manifest.
 
 :func:`build_pairs` writes every twin with its HQ image and the pair manifest
-(:data:`xrlib.pairs_dataset.PAIR_COLUMNS`); with too few patients to hold any out it splits image
-tiles instead, and the manifest says so (``split_unit``). :func:`translation_report`
-says whether a generator does what the paper needs: the twin's radially averaged power spectrum
-and sharpness move from the HQ value toward the DRR value (reported as the fraction of the
-HQ -> DRR distance covered), while the low-pass SSIM to the HQ image stays high (anatomy kept).
-Resampling is :func:`xrlib.pairs_dataset.resize_bicubic`, spectra :func:`xrlib.metrics.radial_power_spectrum`,
-Gaussian low-passes scipy's ``gaussian_filter``; sharpness here is only this check.
+(:data:`xrlib.data.pairs.PAIR_COLUMNS`); with too few patients to hold any out it splits image
+tiles instead, and the manifest says so (``split_unit``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
-from scipy.ndimage import gaussian_filter
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from xrlib.data.manifest import assign_splits
-from xrlib.diffusion import ilvr_guidance, sdedit
+from xrlib.data.pairs import PAIR_COLUMNS, resize_bicubic
 from xrlib.errors import ConfigError, DataError
-from xrlib.paths import outputs_dir
+from xrlib.lq.twins import Translate
 from xrlib.io import load_png, save_png16, write_csv_atomic
-from xrlib.metrics import radial_power_spectrum
-from xrlib.pairs_dataset import PAIR_COLUMNS, from_model_range, resize_bicubic, to_model_range
-
-
-# ----------------------------------------------------------------------------------------------
-# Resampling and loading
+from xrlib.paths import outputs_dir
 
 
 def load_square_display(path: str | Path, size_px: int) -> torch.Tensor:
@@ -60,95 +37,6 @@ def load_display_stack(paths: Sequence[str | Path], size_px: int) -> torch.Tenso
     if not paths:
         raise DataError("no images to load; check the manifest (it lists no files)")
     return torch.cat([load_square_display(p, size_px) for p in paths])
-
-
-# ----------------------------------------------------------------------------------------------
-# Translation checks
-
-
-def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """Gaussian low-pass of each (B, C, H, W) image (scipy ``gaussian_filter``, reflect edges, radius 4 sigma)."""
-    if sigma_px <= 0:
-        return images
-    blurred = gaussian_filter(images.detach().cpu().numpy(), sigma=(0, 0, sigma_px, sigma_px), mode="reflect")
-    return torch.from_numpy(blurred).to(images)
-
-
-def spectrum_shape(images: torch.Tensor) -> torch.Tensor:
-    """Mean over images of log10 of the radial power spectrum normalised to unit total power (its shape, not its contrast).
-
-    Spectra are :func:`xrlib.metrics.radial_power_spectrum` of square (B, 1, N, N) images, N/2 bins.
-    """
-    if images.shape[-2] != images.shape[-1]:
-        raise DataError(f"spectrum_shape needs square images, got {tuple(images.shape[-2:])}")
-    _, power = radial_power_spectrum(images, n_bins=images.shape[-1] // 2)
-    unit_power = power / np.clip(power.sum(axis=1, keepdims=True), 1e-20, None)
-    return torch.from_numpy(np.log10(np.clip(unit_power, 1e-12, None)).mean(axis=0))
-
-
-def sharpness(images: torch.Tensor) -> torch.Tensor:
-    """Mean gradient magnitude over the image's standard deviation (per pixel; contrast-free), one value per image."""
-    dy = images[..., 1:, :-1] - images[..., :-1, :-1]
-    dx = images[..., :-1, 1:] - images[..., :-1, :-1]
-    gradient = torch.sqrt(dx ** 2 + dy ** 2).mean(dim=(1, 2, 3))
-    return gradient / images.std(dim=(1, 2, 3)).clamp_min(1e-8)
-
-
-def low_pass_ssim(a: torch.Tensor, b: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """SSIM (torchmetrics, data range 1) between Gaussian low-passed versions of ``a`` and ``b``, one value per pair."""
-    if a.shape != b.shape:
-        raise DataError(f"low_pass_ssim needs images of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return structural_similarity_index_measure(gaussian_blur(a, sigma_px), gaussian_blur(b, sigma_px), data_range=1.0, reduction="none")
-
-
-def fraction_moved(start: torch.Tensor, end: torch.Tensor, moved: torch.Tensor) -> float:
-    """Where ``moved`` lies on the way from ``start`` to ``end``: projection of (moved - start) on (end - start) over |end - start|^2.
-
-    0 = still at the start (the HQ value), 1 = at the end (the DRR value); works for scalars and vectors.
-    """
-    direction = (end - start).flatten()
-    length2 = float(direction @ direction)
-    if length2 == 0:
-        raise DataError("HQ and DRR values coincide; the direction of movement is undefined")
-    return float((moved - start).flatten() @ direction) / length2
-
-
-def translation_report(hq_display: torch.Tensor, lq_display: torch.Tensor, drr_display: torch.Tensor, low_pass_sigma_px: float) -> dict[str, float]:
-    """How far LQ twins moved from their HQ images toward the DRR domain, and how much anatomy they kept.
-
-    All are measured at the HQ size: LQ twins (same count as HQ, any size) and DRRs (any count) are
-    bicubic-resampled to it. Spectrum: :func:`spectrum_shape` of each set;
-    sharpness: mean of :func:`sharpness`. ``*_fraction`` = :func:`fraction_moved` (0 HQ, 1 DRR).
-    ``low_pass_ssim`` = mean SSIM of the Gaussian low-passes (sigma ``low_pass_sigma_px``) of twin and HQ.
-    """
-    size = hq_display.shape[-1]
-    if lq_display.shape[0] != hq_display.shape[0]:
-        raise DataError(f"{lq_display.shape[0]} LQ twins for {hq_display.shape[0]} HQ images; they must pair up")
-    lq = resize_bicubic(lq_display, (size, size))
-    drr = resize_bicubic(drr_display, (size, size))
-    spectra = {name: spectrum_shape(x) for name, x in (("hq", hq_display), ("lq", lq), ("drr", drr))}
-    sharp = {name: sharpness(x).mean() for name, x in (("hq", hq_display), ("lq", lq), ("drr", drr))}
-    return {
-        "spectrum_fraction": fraction_moved(spectra["hq"], spectra["drr"], spectra["lq"]),
-        "sharpness_fraction": fraction_moved(sharp["hq"], sharp["drr"], sharp["lq"]),
-        "sharpness_hq": float(sharp["hq"]),
-        "sharpness_lq": float(sharp["lq"]),
-        "sharpness_drr": float(sharp["drr"]),
-        "low_pass_ssim": float(low_pass_ssim(lq, hq_display, low_pass_sigma_px).mean()),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# Pairs
-
-
-Translate = Callable[[torch.Tensor, int], torch.Tensor]
-"""A generator: (HQ display at the LQ size (1, 1, n, n), seed) -> LQ display twin (1, 1, n, n)."""
-
-
-def bicubic_twin(hq_display_small: torch.Tensor, seed: int) -> torch.Tensor:
-    """The bicubic baseline: the HQ image at the input size is itself the LQ twin (no seed needed)."""
-    return hq_display_small
 
 
 def cut_tiles(square: torch.Tensor, tiles_per_side: int) -> list[torch.Tensor]:
@@ -237,75 +125,6 @@ def build_pairs(
     manifest = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
     write_csv_atomic(output_dir / "pairs.csv", manifest)
     return manifest
-
-
-def ddpm_translate(unet: torch.nn.Module, scheduler: Any, hq_display: torch.Tensor, strength: float,
-                   num_inference_steps: int, ilvr_factor: int = 0, seed: int = 0) -> torch.Tensor:
-    """DDPM-LQ: display images (B, 1, n, n) in [0, 1] -> LQ twins, by :func:`xrlib.diffusion.sdedit`.
-
-    ``strength`` is the fraction of the ``num_inference_steps`` re-run (about t0 / T); with
-    ``ilvr_factor`` N > 0, :func:`xrlib.diffusion.ilvr_guidance` keeps the HQ image's low-pass phi_N.
-    One generator seeded with ``seed`` draws all the noise: same seed, same twin.
-    """
-    generator = torch.Generator(device=hq_display.device).manual_seed(int(seed))
-    reference = to_model_range(hq_display)
-    guidance = ilvr_guidance(reference, ilvr_factor, scheduler, generator) if ilvr_factor > 0 else None
-    twin = sdedit(unet, scheduler, reference, strength, num_inference_steps, generator, guidance=guidance)
-    return from_model_range(twin).to(hq_display.device)
-
-
-def pair_generators(
-    ddpm_unet: torch.nn.Module,
-    ddpm_scheduler: Any,
-    ddpm_params: Mapping[str, Any],
-    munit_model: torch.nn.Module,
-    munit_params: Mapping[str, Any],
-) -> dict[str, tuple[Translate, dict[str, Any]]]:
-    """The three generators for :func:`build_pairs`: bicubic, DDPM-LQ (SDEdit + ILVR) and MUNIT-LQ (sampled style).
-
-    DDPM-LQ is :func:`ddpm_translate` with the image's seed.
-    """
-    from xrlib.munit import translate_hq_to_lq
-
-    ddpm = {k: ddpm_params[k] for k in ("strength", "num_inference_steps", "ilvr_factor")}
-
-    def ddpm_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
-        return ddpm_translate(ddpm_unet, ddpm_scheduler, hq_small, seed=seed, **ddpm)
-
-    def munit_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
-        return translate_hq_to_lq(munit_model, hq_small, seed=seed)
-
-    return {
-        "bicubic": (bicubic_twin, {"method": "bicubic, antialiased"}),
-        "ddpm": (ddpm_twin, {**ddpm, "sampler": ddpm_params.get("sampler", "ddpm")}),
-        "munit": (munit_twin, {"style": "sampled N(0, I)", **dict(munit_params)}),
-    }
-
-
-def manifest_translation_checks(manifest: pd.DataFrame, root: Path, drr_display: torch.Tensor, hq_px: int,
-                                low_pass_sigma_px: float, split: str | None = None) -> pd.DataFrame:
-    """:func:`translation_report` for each generator of a pair manifest (optionally one split), one row per generator."""
-    rows = []
-    chosen = manifest if split is None else manifest[manifest.split == split]
-    for generator, group in chosen.groupby("generator", sort=True):
-        hq = load_display_stack([root / p for p in group.hq_path], hq_px)
-        lq = torch.cat([torch.from_numpy(load_png(root / p))[None, None] for p in group.lq_path])
-        rows.append({"generator": generator, "n_images": len(group), **translation_report(hq, lq, drr_display, low_pass_sigma_px)})
-    return pd.DataFrame(rows)
-
-
-class DisplayImageDataset(torch.utils.data.Dataset):
-    """Unconditional training images for :func:`xrlib.training.train`: item (index, seed) -> {"image" in [-1, 1], "seed"}."""
-
-    def __init__(self, images_display: torch.Tensor):
-        self.images = images_display * 2 - 1
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, seed = (key, 0) if isinstance(key, (int, np.integer)) else key
-        return {"image": self.images[int(index)], "seed": int(seed)}
 
 
 def read_drr_paths(root: Path, nodule_free: bool = False) -> list[Path]:

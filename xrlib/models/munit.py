@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from xrlib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from xrlib.training import run_checkpoints
+from xrlib.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from xrlib.models.training import run_checkpoints
 from xrlib.errors import ConfigError
 
 
@@ -360,7 +360,7 @@ def train_munit(
     """Train MUNIT on unpaired HQ (domain a) and LQ (domain b) display images (N, 1, H, W) in [0, 1].
 
     Resumes from the newest checkpoint of the same run identity under ``checkpoint_dir`` (see
-    :func:`xrlib.training.run_checkpoints`; weights, optimizers, schedulers, RNG),
+    :func:`xrlib.models.training.run_checkpoints`; weights, optimizers, schedulers, RNG),
     so an interrupted run, restarted, reproduces a straight run exactly; ``training.steps`` is the
     total, and a finished run returns at once. Batches are random crops (global torch RNG, seeded).
     ``live`` is a dvclive ``Live`` (or None); loss terms are logged every ``log_every`` steps.

@@ -3,7 +3,7 @@
 :func:`train` runs AdamW with linear warm-up and cosine decay of the learning rate, gradient
 clipping, an EMA copy of the weights, bf16 autocast on CUDA, a tqdm bar and dvclive logging
 (loss, learning rate, sample images). Every ``checkpoint_every`` steps rank 0 writes an atomic
-checkpoint (model, EMA, optimizer, LR schedule, RNG states, step; see :mod:`xrlib.checkpoint`);
+checkpoint (model, EMA, optimizer, LR schedule, RNG states, step; see :mod:`xrlib.models.checkpoint`);
 a new run finding one resumes there and continues as if it had never stopped.
 
 Exact resumption rests on one rule: nothing random depends on the process's history. The data
@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from xrlib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from xrlib.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from xrlib.errors import CheckpointError, ConfigError
 
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]

@@ -1,0 +1,1 @@
+"""Evaluation: image quality, realism, FID, nodule preservation, model observers (virtual readers)."""

@@ -1,0 +1,208 @@
+"""The restorer: a conditional diffusion UNet (:mod:`xrlib.models.unet`) on (LQ, HQ) pairs.
+
+Its model config adds ``scale`` (output size / input size, from the pair sizes) and the pairs it
+learns from. Inference is patch-free: the UNet is fully convolutional, so a model trained on crops
+restores a whole image of any size, padded (edge-replicated) to a multiple of its downsampling
+factor and cropped back afterwards; nothing is resized unless the caller asks for it.
+"""
+
+
+import argparse
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from xrlib.errors import ConfigError
+from xrlib.io import load_png, save_png16
+from xrlib.data.pairs import PairDataset, from_model_range, read_pairs, resize_bicubic, to_model_range
+from xrlib.params import load_params
+from xrlib.paths import outputs_dir, project_root
+from xrlib.models.sampling import make_scheduler, sample
+from xrlib.models.training import init_distributed
+from xrlib.models.unet import downsampling_factor, train_diffusion
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (B, C, H, W) at the bottom and right, replicating edges, to multiples of ``multiple``."""
+    height, width = image.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h or pad_w:
+        image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+    return image, (height, width)
+
+
+def make_condition(lq_image: torch.Tensor, scale: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The restorer's condition from LQ images in [0, 1]: bicubic upsampled by ``scale``, in [-1, 1].
+
+    A nodule ``mask`` (B, 1, H, W) in [0, 1] at the output size is appended as a second channel.
+    """
+    size = (lq_image.shape[-2] * scale, lq_image.shape[-1] * scale)
+    condition = to_model_range(resize_bicubic(lq_image, size))
+    if mask is not None:
+        condition = torch.cat([condition, to_model_range(mask.to(condition))], dim=1)
+    return condition
+
+
+@torch.no_grad()
+def restore(
+    model: torch.nn.Module,
+    model_config: Mapping[str, Any],
+    lq_image: torch.Tensor,
+    sampler: str = "dpm_solver",
+    steps: int = 20,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Restore LQ images (B, 1, h, w) in [0, 1] of any size into (B, 1, scale*h, scale*w) in [0, 1]."""
+    condition = make_condition(lq_image, int(model_config["scale"]), mask)
+    padded, (height, width) = pad_to_multiple(condition, downsampling_factor(model_config["unet"]))
+    scheduler = make_scheduler(sampler, model_config["schedule"])
+    restored = sample(model, scheduler, condition=padded, steps=steps, generator=generator)
+    return from_model_range(restored[..., :height, :width])
+
+
+def image_seed(seed: int, image_id: str) -> int:
+    """A stable per-image seed, so a restored image does not depend on its batch or on file order."""
+    return int(np.random.SeedSequence([int(seed), zlib.crc32(str(image_id).encode())]).generate_state(1)[0])
+
+
+def restore_files(
+    model: torch.nn.Module,
+    model_config: Mapping[str, Any],
+    inputs: Mapping[str, str | Path],
+    output_dir: str | Path,
+    sampler: str = "dpm_solver",
+    steps: int = 20,
+    batch_size: int = 4,
+    seed: int = 0,
+    input_px: int | None = None,
+) -> dict[str, Path]:
+    """Restore the PNGs ``inputs`` (id -> path) into ``output_dir/<id>.png`` (16-bit); return id -> output path.
+
+    Images of equal size are batched. With ``input_px`` each input is first resized (antialiased)
+    so that its longer side is ``input_px``; otherwise it is restored at its own size.
+    """
+    device = next(model.parameters()).device
+    loaded: dict[str, torch.Tensor] = {}
+    for image_id, path in inputs.items():
+        image = torch.from_numpy(load_png(path))[None, None]
+        if input_px is not None:
+            ratio = input_px / max(image.shape[-2:])
+            image = resize_bicubic(image, (round(image.shape[-2] * ratio), round(image.shape[-1] * ratio)))
+        loaded[image_id] = image
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for image_id, image in loaded.items():
+        by_size.setdefault(tuple(image.shape[-2:]), []).append(image_id)
+    written: dict[str, Path] = {}
+    for ids in by_size.values():
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            batch = torch.cat([loaded[i] for i in chunk]).to(device)
+            generators = [torch.Generator(device=device).manual_seed(image_seed(seed, i)) for i in chunk]
+            restored = restore(model, model_config, batch, sampler, steps, generators)
+            for image_id, image in zip(chunk, restored.cpu().numpy()):
+                written[image_id] = save_png16(Path(output_dir) / f"{image_id}.png", image[0])
+    return written
+
+
+def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merged(merged[key], value) if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) \
+            else value
+    return merged
+
+
+def restorer_settings(section: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The ``restorer`` section's ``base`` settings overridden by those of configuration ``name``."""
+    configs = section.get("configs", {})
+    if name not in configs:
+        raise ConfigError(f"restorer.configs has no '{name}'; known: {sorted(configs)}")
+    settings = _merged(section.get("base", {}), configs[name] or {})
+    for key in ("generator", "pairs", "unet", "schedule", "train"):
+        if key not in settings:
+            raise ConfigError(f"restorer configuration '{name}' lacks '{key}' (in restorer.base or restorer.configs.{name})")
+    settings["train"] = {"seed": int(section.get("seed", 0)), **settings["train"]}
+    return settings
+
+
+def restorer_model_config(settings: Mapping[str, Any], scale: int) -> dict[str, Any]:
+    """A restorer's config: architecture (condition = LQ (+ mask); output ``scale`` times the input)
+    and the pairs it learns from ("data": generator and manifest), stored with its weights."""
+    unet = {**settings["unet"], "image_channels": 1,
+            "condition_channels": 2 if settings.get("mask_channel", False) else 1,
+            "sample_px": int(settings.get("crop_px") or settings["unet"].get("sample_px", 64))}
+    return {"unet": unet, "schedule": dict(settings["schedule"]), "scale": int(scale),
+            "data": {"generator": settings["generator"], "pairs": str(settings["pairs"])}}
+
+
+def train_restorer(section: Mapping[str, Any], name: str, root: str | Path, run_dir: str | Path) -> dict[str, Any]:
+    """Train restorer configuration ``name`` of the ``restorer`` params section on its train pairs.
+
+    Pairs come from ``settings["pairs"]`` (relative to ``root``) filtered by ``generator`` and
+    split ``train``; EMA weights go to ``run_dir/restorer_ema.safetensors``. dvclive logs, every
+    ``sample_every`` steps, LQ crops, their DDIM-20 restorations and the HQ crops side by side.
+    """
+    settings = restorer_settings(section, name)
+    root = Path(root)
+    manifest = read_pairs(root / settings["pairs"], settings["generator"], "train")
+    dataset = PairDataset(manifest, root, settings.get("crop_px"), settings.get("flip_left_right", False),
+                          settings.get("mask_channel", False))
+    model_config = restorer_model_config(settings, int(section["scale"]))
+    preview = [dataset[(i % len(dataset), i)] for i in range(int(settings.get("preview_images", 2)))]
+    preview_condition = torch.stack([item["condition"] for item in preview])
+    preview_hq = torch.stack([item["image"] for item in preview])
+
+    def preview_fn(ema: torch.nn.Module) -> torch.Tensor:
+        device = next(ema.parameters()).device
+        restored = sample(ema, make_scheduler("ddim", model_config["schedule"]), preview_condition.to(device), 20,
+                          torch.Generator(device=device).manual_seed(0))
+        return from_model_range(torch.cat([preview_condition[:, :1], restored.cpu(), preview_hq]))
+
+    return train_diffusion(model_config, settings["train"], dataset, run_dir, "restorer_ema.safetensors", preview_fn)
+
+
+def restore_test_pairs(
+    model: torch.nn.Module,
+    model_config: Mapping[str, Any],
+    manifest: pd.DataFrame,
+    root: str | Path,
+    output_dir: str | Path,
+    **restore_kwargs: Any,
+) -> pd.DataFrame:
+    """Restore the LQ images of ``manifest``'s rows into ``output_dir/<pair_id>.png`` at their own size.
+
+    Returns the manifest with a ``restored_path`` column (relative to ``root``) for the metrics stage.
+    """
+    root = Path(root)
+    inputs = {row.pair_id: root / row.lq_path for row in manifest.itertuples()}
+    written = restore_files(model, model_config, inputs, output_dir, **restore_kwargs)
+    restored = manifest.copy()
+    restored["restored_path"] = [os.path.relpath(written[pair_id], root) for pair_id in manifest["pair_id"]]
+    return restored
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Train one restorer configuration from params.yaml; the entry point for torchrun (DDP)::
+
+        torchrun --nproc_per_node 8 -m xrlib.models.restorer bicubic_baseline
+    """
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("config", help="a name under restorer.configs in params.yaml")
+    parser.add_argument("--params", default=None, help="params file (default: the project's params.yaml)")
+    args = parser.parse_args(argv)
+    init_distributed()
+    section = load_params(args.params)["restorer"]
+    train_restorer(section, args.config, project_root(), outputs_dir() / "04_restorer" / args.config)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
