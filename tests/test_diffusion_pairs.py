@@ -9,7 +9,7 @@ from xrlib.errors import ConfigError, DataError
 from xrlib.io import load_png, save_png16
 from xrlib.lq.pairs import build_pairs
 from xrlib.lq.twins import bicubic_twin
-from xrlib.data.pairs import PAIR_COLUMNS, PairDataset, check_scale, read_pairs, resize_bicubic
+from xrlib.data.pairs import PAIR_COLUMNS, PairDataset, read_pairs, resize_bicubic
 
 torch.set_num_threads(1)
 
@@ -42,12 +42,6 @@ def test_bicubic_downsampling_keeps_low_and_removes_high_frequencies():
     step[..., 8:] = 1.0
     overshooting = resize_bicubic(step, (64, 64))  # bicubic rings at an edge; display images stay in [0, 1]
     assert overshooting.min() == 0.0 and overshooting.max() == 1.0
-
-
-def test_pair_size_must_match_the_restorers_scale():
-    check_scale(128, 64, 2)
-    with pytest.raises(ConfigError, match="restorer.scale=4"):
-        check_scale(128, 64, 4)
 
 
 def test_bicubic_pairs_manifest_and_aligned_unflipped_crops(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +20,7 @@ from xrlib.eval.observers import (
     lumpy_background,
     observer_detectability,
     condition_table_from_outputs,
+    reader_images,
     synthetic_condition_table,
     rois_from_condition_table,
     virtual_readings,
@@ -110,11 +113,35 @@ def test_condition_table_from_outputs_keeps_only_complete_conditions(tmp_path):
         save_png16(drr / f"{drr_id}.png", np.full((24, 24), 0.5))
         save_png16(drr / f"{drr_id}_nodule_free.png", np.full((24, 24), 0.4))
         save_png16(restore / f"{drr_id}_restored.png", np.full((24, 24), 0.6))  # no nodule-free restored
-    patterns = {"drr": {"folder": "drr", "present": "{drr_id}.png", "absent": "{drr_id}_nodule_free.png"},
-                "restored": {"folder": "restore", "present": "{drr_id}_restored.png",
-                             "absent": "{drr_id}_restored_nodule_free.png"}}
-    table = condition_table_from_outputs(nodules, {"drr": drr, "restore": restore}, patterns)
+    images = {"drr": (f"{drr}/{{drr_id}}.png", f"{drr}/{{drr_id}}_nodule_free.png"),
+              "restored": (f"{restore}/{{drr_id}}_restored.png", f"{restore}/{{drr_id}}_restored_nodule_free.png")}
+    table = condition_table_from_outputs(nodules, images)
     assert set(table["condition"]) == {"drr"}
     assert list(table["truth"]) == [1, 0, 1, 0]
     rois = rois_from_condition_table(table, 8)["drr"]
     np.testing.assert_allclose(rois.rois[rois.truth == 0], 0.4, atol=1e-4)
+
+
+def test_readers_fall_back_to_phantoms_only_when_pipeline_images_are_too_few(tmp_path):
+    nodules = pd.DataFrame({"drr_id": [f"d{i}" for i in range(3)], "nodule_id": [0, 0, 0],
+                            "centre_row_px": [10, 12, 11], "centre_col_px": [11, 9, 10]})
+    nodules.to_csv(tmp_path / "nodules.csv", index=False)
+    for drr_id in nodules["drr_id"]:
+        for name, value in (("a", 0.5), ("a_free", 0.4), ("b", 0.6), ("b_free", 0.45)):
+            save_png16(tmp_path / f"{drr_id}_{name}.png", np.full((24, 24), value))
+    images = {"a": (f"{tmp_path}/{{drr_id}}_a.png", f"{tmp_path}/{{drr_id}}_a_free.png"),
+              "b": (f"{tmp_path}/{{drr_id}}_b.png", f"{tmp_path}/{{drr_id}}_b_free.png")}
+    amplitudes = {"a": 0.03, "b": 0.06}
+    # 3 nodules x (present, absent) = 6 cases per condition
+    table, source = reader_images(tmp_path / "nodules.csv", images, 6, tmp_path / "phantoms", 10, amplitudes, 0)
+    assert source.startswith("pipeline images") and sorted(table["condition"].unique()) == ["a", "b"]
+    assert len(table) == 12 and not (tmp_path / "phantoms").exists()
+    table, source = reader_images(tmp_path / "nodules.csv", images, 7, tmp_path / "phantoms", 10, amplitudes, 0)
+    assert source.startswith("synthetic") and len(table) == 20
+    assert table.groupby("condition")["truth"].sum().to_dict() == {"a": 5, "b": 5}
+    assert all(Path(p).is_file() for p in table["image_path"])
+    one_condition = {"a": images["a"]}  # one condition cannot be compared
+    _, source = reader_images(tmp_path / "nodules.csv", one_condition, 2, tmp_path / "p2", 10, amplitudes, 0)
+    assert source.startswith("synthetic")
+    _, source = reader_images(tmp_path / "missing.csv", images, 2, tmp_path / "p3", 10, amplitudes, 0)
+    assert source.startswith("synthetic")

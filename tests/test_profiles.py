@@ -6,16 +6,26 @@ import pytest
 import yaml
 
 from xrlib.errors import ConfigError
-from xrlib.profiles import deep_merge, dvc_set_args, load_overrides, notebook_paths, profile_params, run_notebooks
+from xrlib.params import deep_merge
+from xrlib.profiles import dvc_set_args, load_overrides, notebook_paths, profile_params, run_notebooks
 
 
-def test_deep_merge_overrides_only_known_keys():
+def test_deep_merge_overrides_key_by_key_without_touching_the_base():
     base = {"a": {"x": 1, "y": {"z": 2}}, "b": 3}
     assert deep_merge(base, {"a": {"y": {"z": 5}}}) == {"a": {"x": 1, "y": {"z": 5}}, "b": 3}
     assert base["a"]["y"]["z"] == 2
     assert deep_merge(base, {"a": {"w": 1}})["a"] == {"x": 1, "y": {"z": 2}, "w": 1}
-    with pytest.raises(ConfigError, match="section 'c'"):
-        deep_merge(base, {"c": {"w": 1}})
+    assert deep_merge(base, {"a": [1, 2]})["a"] == [1, 2]  # anything but a mapping replaces
+
+
+def test_profile_refuses_a_section_params_yaml_lacks(tmp_path, monkeypatch):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("a: {x: 1}\n")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "typo.yaml").write_text("c: {w: 1}\n")
+    monkeypatch.setenv("XRLIB_ROOT", str(tmp_path))
+    with pytest.raises(ConfigError, match="overrides section c"):
+        profile_params("typo")
 
 
 def test_dvc_set_args_round_trip_through_yaml():

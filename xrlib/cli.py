@@ -1,4 +1,4 @@
-"""The ``xrlib`` command: what is not a notebook (data fetch, the registry, batch runs)."""
+"""The ``xrlib`` command: what is not a notebook (data fetch, the registry, params checks, the stage table, batch runs)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from xrlib.data.fetch import fetch_default, fetch_entry
 from xrlib.data.registry import REGISTRY, get_entry
 from xrlib.errors import ConfigError, DataError, XRLibError
 from xrlib.io import write_text_atomic
-from xrlib.paths import data_dir, project_root
-from xrlib.params import load_params
+from xrlib.paths import project_root
+from xrlib import stages
+from xrlib.params import check_params, load_params
 from xrlib.profiles import dvc_set_args, load_overrides, profile_params, run_notebooks
 
 
@@ -35,7 +36,7 @@ def _commit_to_dvc_cache(project: Path) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> None:
-    root = Path(args.data) if args.data else data_dir()
+    root = Path(args.data) if args.data else stages.path("data")
     if not args.names:
         paths = fetch_default(root)
     else:
@@ -57,6 +58,7 @@ def _registry(args: argparse.Namespace) -> None:
 
 
 def _experiment(args: argparse.Namespace) -> None:
+    check_params(profile_params(args.profile))  # before any stage trains
     overrides = load_overrides(args.profile)
     base = load_params()
     command = [_dvc(), "exp", "run", "-n", args.name or args.profile, *dvc_set_args(overrides, base), *args.dvc_args]
@@ -64,12 +66,28 @@ def _experiment(args: argparse.Namespace) -> None:
     raise SystemExit(subprocess.run(command, cwd=project_root()).returncode)
 
 
-def _write_profile_params(args: argparse.Namespace) -> None:
-    write_text_atomic(args.out, yaml.safe_dump(profile_params(args.profile), sort_keys=False))
-    print(f"{args.out}: params.yaml with profile '{args.profile}' applied")
+def _params(args: argparse.Namespace) -> None:
+    params = profile_params(args.profile)
+    settings = check_params(params)
+    print(f"params of profile '{args.profile}': {len(settings)} sections checked, restorer scale "
+          f"{settings['pairs'].scale}, restored DRRs on the {settings['drr'].size_px} px DRR grid")
+    if args.out:
+        write_text_atomic(args.out, yaml.safe_dump(params, sort_keys=False))
+        print(f"{args.out}: params.yaml with profile '{args.profile}' applied")
+
+
+def _stages(args: argparse.Namespace) -> None:
+    root = project_root()
+    text = stages.dvc_yaml(load_params()["restorer"]["train_configs"], root)
+    if args.write:
+        write_text_atomic(root / "dvc.yaml", text)
+        print(f"{root / 'dvc.yaml'} written from xrlib/stages.py")
+    else:
+        print(text, end="")
 
 
 def _notebooks(args: argparse.Namespace) -> None:
+    check_params(profile_params(args.profile))
     for path in run_notebooks(args.profile, args.out, args.names):
         print(f"executed {path}")
 
@@ -90,10 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("-n", "--name", help="experiment name (default: the profile's)")
     experiment.add_argument("dvc_args", nargs=argparse.REMAINDER, help="further `dvc exp run` arguments")
     experiment.set_defaults(run=_experiment)
-    merged = commands.add_parser("params", help="write params.yaml with a profile applied (e.g. for torchrun --params)")
-    merged.add_argument("profile")
-    merged.add_argument("--out", required=True, help="the merged params file to write")
-    merged.set_defaults(run=_write_profile_params)
+    merged = commands.add_parser("params", help="check every params section and the rules joining them; "
+                                 "--out writes params.yaml with the profile applied (e.g. for torchrun --params)")
+    merged.add_argument("profile", nargs="?", default="smoke", help="smoke (params.yaml itself), paper, real-data, ...")
+    merged.add_argument("--out", help="the merged params file to write")
+    merged.set_defaults(run=_params)
+    stage_table = commands.add_parser("stages", help="print dvc.yaml as xrlib/stages.py declares it; --write writes it")
+    stage_table.add_argument("--write", action="store_true", help="write dvc.yaml")
+    stage_table.set_defaults(run=_stages)
     notebooks = commands.add_parser("notebooks", help="batch-run notebooks with papermill outside DVC")
     notebooks.add_argument("names", nargs="*", help="notebooks by number or name (default: all, in order)")
     notebooks.add_argument("--profile", default="smoke", help="parameter profile (default: smoke)")

@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from xrlib import stages  # noqa: E402
 from xrlib.errors import ConfigError, DataError  # noqa: E402
 from xrlib.io import atomic_path, write_csv_atomic, write_text_atomic  # noqa: E402
-from xrlib.paths import project_root  # noqa: E402
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 """Colour-blind-safe palette (Okabe and Ito 2008); the colour cycle of every plot."""
@@ -81,13 +81,13 @@ def series_colour(name: str) -> str:
 
 
 def figures_dir(root: Path | None = None) -> Path:
-    """``paper/figures`` of the project."""
-    return (root or project_root()) / "paper" / "figures"
+    """Where 08_figures writes the paper's figures (``paper/figures``, see :mod:`xrlib.stages`)."""
+    return stages.path("08_figures.figures", root)
 
 
 def tables_dir(root: Path | None = None) -> Path:
-    """``paper/tables`` of the project."""
-    return (root or project_root()) / "paper" / "tables"
+    """Where 08_figures writes the paper's tables (``paper/tables``)."""
+    return stages.path("08_figures.tables", root)
 
 
 def _check_name(name: str) -> str:

@@ -24,13 +24,3 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
     raise ConfigError(
         f"no dvc.yaml found in {here} or above; run from inside the compendium or set XRLIB_ROOT"
     )
-
-
-def data_dir(root: Path | None = None) -> Path:
-    """The DVC-tracked input folder ``data/``."""
-    return (root or project_root()) / "data"
-
-
-def outputs_dir(root: Path | None = None) -> Path:
-    """The folder of generated stage outputs ``outputs/`` (DVC outputs, never in git)."""
-    return (root or project_root()) / "outputs"

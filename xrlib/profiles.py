@@ -8,7 +8,6 @@ DVC experiment (:func:`dvc_set_args` turns it into ``dvc exp run -S key=value`` 
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,7 +15,7 @@ from typing import Any, Mapping
 import yaml
 
 from xrlib.errors import ConfigError
-from xrlib.params import load_params
+from xrlib.params import deep_merge, load_params
 from xrlib.paths import project_root
 
 SMOKE = "smoke"
@@ -45,27 +44,15 @@ def load_overrides(name: str, root: Path | None = None) -> dict[str, Any]:
     return overrides
 
 
-def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str = "") -> dict[str, Any]:
-    """``base`` updated by ``overrides``, recursively.
-
-    A section (top-level key) params.yaml lacks is an error (a typo would otherwise be ignored);
-    inside a section a profile may add keys, e.g. ``beta_start`` for a linear schedule.
-    """
-    merged = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
-        if key not in merged and not where:
-            raise ConfigError(f"profile overrides section '{key}', which params.yaml does not have; check the name")
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value, f"{where}{key}.")
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def profile_params(name: str, root: Path | None = None) -> dict[str, Any]:
     """All params sections as the profile sets them."""
     root = root or project_root()
-    return deep_merge(load_params(root / "params.yaml"), load_overrides(name, root))
+    base, overrides = load_params(root / "params.yaml"), load_overrides(name, root)
+    unknown = sorted(set(overrides) - set(base))
+    if unknown:
+        raise ConfigError(f"profile '{name}' overrides section{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}, "
+                          "which params.yaml does not have; check the name")
+    return deep_merge(base, overrides)
 
 
 def _flow(value: Any) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,13 +47,6 @@ def resize_bicubic(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     shrinking = size[0] < image.shape[-2] or size[1] < image.shape[-1]
     return F.interpolate(image, size=tuple(int(s) for s in size), mode="bicubic", align_corners=False,
                          antialias=shrinking).clamp(0.0, 1.0)
-
-
-def check_scale(hq_px: int, lq_px: int, scale: int) -> None:
-    """Refuse pairs whose size ratio is not the restorer's ``scale`` (params pairs.hq_px / pairs.lq_px vs restorer.scale)."""
-    if lq_px * scale != hq_px:
-        raise ConfigError(f"pairs.hq_px={hq_px} / pairs.lq_px={lq_px} must equal restorer.scale={scale}; "
-                          "change one of them so the restorer's output is its HQ target's size")
 
 
 def read_pairs(path: str | os.PathLike, generator: str | None = None, split: str | None = None) -> pd.DataFrame:

@@ -17,6 +17,8 @@ read a case. Every table they produce says ``virtual reader`` in its reader name
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -237,27 +239,45 @@ def observer_detectability(roi_sets: dict[str, ROISet], seed: int, train_fractio
     return pd.DataFrame(rows)
 
 
-def condition_table_from_outputs(nodules: pd.DataFrame, image_folders: dict, patterns: dict) -> pd.DataFrame:
+def condition_table_from_outputs(nodules: pd.DataFrame, images: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
     """ROI table (see :func:`rois_from_condition_table`) from the pipeline's images and nodules.csv.
 
     ``nodules`` has drr_id, nodule_id, centre_row_px, centre_col_px (01_drr's table).
-    ``patterns[condition] = {"folder": key of image_folders, "present": "{drr_id}...png",
-    "absent": "{drr_id}...png"}``: the image with the nodule and the nodule-free one, read at the
-    same centre (truth 1 and 0). A condition is kept only if every file it names exists.
+    ``images[condition] = (present, absent)``: path templates with ``{drr_id}`` of the image with
+    the nodule and of the nodule-free one, read at the same centre (truth 1 and 0). A condition is
+    kept only if every file it names exists.
     """
     rows = []
-    for condition, pattern in patterns.items():
-        folder = image_folders[pattern["folder"]]
+    for condition, (present, absent) in images.items():
         candidate = []
         for nodule in nodules.itertuples(index=False):
-            for truth, name in ((1, pattern["present"]), (0, pattern["absent"])):
-                path = folder / name.format(drr_id=nodule.drr_id)
+            for truth, template in ((1, present), (0, absent)):
+                path = str(template).format(drr_id=nodule.drr_id)
                 candidate.append({"condition": condition, "case_id": f"{nodule.drr_id}-{nodule.nodule_id}-{truth}",
-                                  "image_path": str(path), "truth": truth, "centre_row_px": nodule.centre_row_px,
+                                  "image_path": path, "truth": truth, "centre_row_px": nodule.centre_row_px,
                                   "centre_col_px": nodule.centre_col_px})
         if candidate and all(pd.io.common.file_exists(row["image_path"]) for row in candidate):
             rows.extend(candidate)
     return pd.DataFrame(rows, columns=["condition", "case_id", "image_path", "truth", "centre_row_px", "centre_col_px"])
+
+
+def reader_images(nodules_csv: Path, images: Mapping[str, tuple[str, str]], min_cases_per_condition: int,
+                  phantoms_dir: Path, n_synthetic_cases: int, amplitude_by_condition: Mapping[str, float],
+                  seed: int) -> tuple[pd.DataFrame, str]:
+    """What the virtual readers rate, and a sentence saying which it is.
+
+    The pipeline's images (:func:`condition_table_from_outputs`) when at least two conditions have
+    every file and each has ``min_cases_per_condition`` cases; otherwise (too few nodules, or no
+    pipeline images yet) synthetic lumpy-background phantoms (:func:`synthetic_condition_table`)
+    written under ``phantoms_dir``, so the MRMC analysis always runs on enough cases.
+    """
+    table = (condition_table_from_outputs(pd.read_csv(nodules_csv), images) if Path(nodules_csv).exists()
+             else pd.DataFrame(columns=["condition", "case_id"]))
+    per_condition = table.groupby("condition")["case_id"].nunique()
+    if len(per_condition) >= 2 and per_condition.min() >= min_cases_per_condition:
+        return table, "pipeline images (outputs/01_drr, outputs/05_restore)"
+    phantoms = synthetic_condition_table(Path(phantoms_dir), n_synthetic_cases, dict(amplitude_by_condition), seed)
+    return phantoms, "synthetic lumpy-background phantoms (pipeline images too few or absent)"
 
 
 def synthetic_condition_table(folder, n_cases: int, amplitude_by_condition: dict, seed: int,

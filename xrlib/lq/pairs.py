@@ -19,7 +19,6 @@ from xrlib.data.pairs import PAIR_COLUMNS, resize_bicubic
 from xrlib.errors import ConfigError, DataError
 from xrlib.lq.twins import Translate
 from xrlib.io import load_png, save_png16, write_csv_atomic
-from xrlib.paths import outputs_dir
 
 
 def load_square_display(path: str | Path, size_px: int) -> torch.Tensor:
@@ -127,19 +126,15 @@ def build_pairs(
     return manifest
 
 
-def read_drr_paths(root: Path, nodule_free: bool = False) -> list[Path]:
-    """The DRR display PNGs of stage 01: ``drr/<drr_id>.png``, or with ``nodule_free`` the same
-    renders without their nodules, ``drr_nodule_free/<drr_id>.png`` (listed in outputs/01_drr/drrs.csv)."""
-    table_path = outputs_dir(root) / "01_drr" / "drrs.csv"
-    if not table_path.is_file():
-        raise DataError(f"{table_path}: missing; run the 01_drr stage first (dvc repro 01_drr)")
-    folder = outputs_dir(root) / "01_drr" / ("drr_nodule_free" if nodule_free else "drr")
-    return [folder / f"{drr_id}.png" for drr_id in pd.read_csv(table_path).drr_id]
+def read_drr_paths(drrs_csv: Path, image_template: str | Path) -> list[Path]:
+    """The DRR images stage 01 lists in its ``drrs_csv``: ``image_template`` with ``{drr_id}`` filled in."""
+    if not Path(drrs_csv).is_file():
+        raise DataError(f"{drrs_csv}: missing; run the 01_drr stage first (dvc repro 01_drr)")
+    return [Path(str(image_template).format(drr_id=drr_id)) for drr_id in pd.read_csv(drrs_csv).drr_id]
 
 
-def read_hq_manifest(root: Path) -> pd.DataFrame:
+def read_hq_manifest(manifest_csv: Path) -> pd.DataFrame:
     """The HQ X-ray manifest of stage 00 (image_id, patient_id, split, path relative to the root)."""
-    table_path = outputs_dir(root) / "00_data" / "xray_manifest.csv"
-    if not table_path.is_file():
-        raise DataError(f"{table_path}: missing; run the 00_data stage first (dvc repro data)")
-    return pd.read_csv(table_path, dtype={"image_id": str, "patient_id": str})
+    if not Path(manifest_csv).is_file():
+        raise DataError(f"{manifest_csv}: missing; run the 00_data stage first (dvc repro 00_data)")
+    return pd.read_csv(manifest_csv, dtype={"image_id": str, "patient_id": str})

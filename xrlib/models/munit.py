@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,14 +51,6 @@ class MunitConfig:
     style_recon_weight: float = 1.0
     cycle_weight: float = 0.0
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "MunitConfig":
-        """Build from a params.yaml mapping; unknown keys raise a ConfigError naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ConfigError(f"munit config: unknown keys {unknown}; allowed are {sorted(names)}")
-        return cls(**dict(params))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,14 +72,6 @@ class MunitTraining:
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "MunitTraining":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ConfigError(f"munit training: unknown keys {unknown}; allowed are {sorted(names)}")
-        return cls(**dict(params))
 
 
 # ----------------------------------------------------------------------------------------------

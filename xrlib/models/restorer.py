@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from xrlib.errors import ConfigError
 from xrlib.io import load_png, save_png16
 from xrlib.data.pairs import PairDataset, from_model_range, read_pairs, resize_bicubic, to_model_range
-from xrlib.params import load_params
-from xrlib.paths import outputs_dir, project_root
+from xrlib.params import RestorerSettings, check_params, deep_merge, load_params
+from xrlib.paths import project_root
+from xrlib import stages
 from xrlib.models.sampling import make_scheduler, sample
 from xrlib.models.training import init_distributed
 from xrlib.models.unet import downsampling_factor, train_diffusion
@@ -111,24 +112,17 @@ def restore_files(
     return written
 
 
-def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = _merged(merged[key], value) if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping) \
-            else value
-    return merged
-
-
-def restorer_settings(section: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The ``restorer`` section's ``base`` settings overridden by those of configuration ``name``."""
-    configs = section.get("configs", {})
-    if name not in configs:
-        raise ConfigError(f"restorer.configs has no '{name}'; known: {sorted(configs)}")
-    settings = _merged(section.get("base", {}), configs[name] or {})
-    for key in ("generator", "pairs", "unet", "schedule", "train"):
+def restorer_settings(section: RestorerSettings, name: str) -> dict[str, Any]:
+    """Configuration ``name``: the ``restorer`` section's ``base`` overridden by ``configs[name]``,
+    learning from the pairs 03_lq_munit writes, with the section's seed."""
+    if name not in section.configs:
+        raise ConfigError(f"restorer.configs has no '{name}'; known: {sorted(section.configs)}")
+    settings = deep_merge(section.base, section.configs[name])
+    for key in ("generator", "unet", "schedule", "train"):
         if key not in settings:
             raise ConfigError(f"restorer configuration '{name}' lacks '{key}' (in restorer.base or restorer.configs.{name})")
-    settings["train"] = {"seed": int(section.get("seed", 0)), **settings["train"]}
+    settings["pairs"] = stages.relative_path("03_lq_munit.pairs")
+    settings["train"] = {"seed": section.seed, **settings["train"]}
     return settings
 
 
@@ -142,8 +136,10 @@ def restorer_model_config(settings: Mapping[str, Any], scale: int) -> dict[str, 
             "data": {"generator": settings["generator"], "pairs": str(settings["pairs"])}}
 
 
-def train_restorer(section: Mapping[str, Any], name: str, root: str | Path, run_dir: str | Path) -> dict[str, Any]:
-    """Train restorer configuration ``name`` of the ``restorer`` params section on its train pairs.
+def train_restorer(section: RestorerSettings, name: str, scale: int, root: str | Path,
+                   run_dir: str | Path) -> dict[str, Any]:
+    """Train restorer configuration ``name`` of the ``restorer`` params section on its train pairs
+    (output ``scale`` times the input: :attr:`xrlib.params.PairsSettings.scale`).
 
     Pairs come from ``settings["pairs"]`` (relative to ``root``) filtered by ``generator`` and
     split ``train``; EMA weights go to ``run_dir/restorer_ema.safetensors``. dvclive logs, every
@@ -154,7 +150,7 @@ def train_restorer(section: Mapping[str, Any], name: str, root: str | Path, run_
     manifest = read_pairs(root / settings["pairs"], settings["generator"], "train")
     dataset = PairDataset(manifest, root, settings.get("crop_px"), settings.get("flip_left_right", False),
                           settings.get("mask_channel", False))
-    model_config = restorer_model_config(settings, int(section["scale"]))
+    model_config = restorer_model_config(settings, scale)
     preview = [dataset[(i % len(dataset), i)] for i in range(int(settings.get("preview_images", 2)))]
     preview_condition = torch.stack([item["condition"] for item in preview])
     preview_hq = torch.stack([item["image"] for item in preview])
@@ -198,8 +194,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", default=None, help="params file (default: the project's params.yaml)")
     args = parser.parse_args(argv)
     init_distributed()
-    section = load_params(args.params)["restorer"]
-    train_restorer(section, args.config, project_root(), outputs_dir() / "04_restorer" / args.config)
+    settings = check_params(load_params(args.params))
+    train_restorer(settings["restorer"], args.config, settings["pairs"].scale, project_root(),
+                   stages.path("04_restorer.run", config=args.config))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
