@@ -11,9 +11,10 @@ import pytest
 import torch
 from scipy import ndimage, stats
 
+from xrlib.drr.truth import NODULE_COLUMNS, NODULE_LOCATION_COLUMNS
 from xrlib.eval.fid import frechet_and_kernel_distance, inception_feature_extractor
 from xrlib.eval.images import DATA_RANGE, batch_of, load_image_batch, resize_images
-from xrlib.eval.nodules import LostRule, NODULE_COLUMNS, nodule_bbox, nodule_contrast, nodule_peak_px, nodule_preservation, nodule_preservation_table, nodule_signal_template, npw_dprime, npw_dprime_white_noise, scale_nodule_coordinates, summarise_nodules
+from xrlib.eval.nodules import LostRule, nodule_bbox, nodule_contrast, nodule_peak_px, nodule_preservation, nodule_preservation_table, nodule_signal_template, npw_dprime, npw_dprime_white_noise, scale_nodule_coordinates, summarise_nodules
 from xrlib.eval.quality import MS_SSIM_BETAS, image_quality_table, ms_ssim, ms_ssim_scales, psnr_db, quality_table_from_pairs, ssim
 from xrlib.eval.realism import GAUSSIAN_10_90_RISE_PER_SIGMA, edge_rise_distance_px, intensity_wasserstein, log_spectrum_distance, noise_power_spectrum, radial_power_spectrum, realism_table, sample_paths, set_spectrum_distances, spectra_table, summarise_realism
 from xrlib.paper import PUBLISHED_CITATION, beside_published, published_table
@@ -407,7 +408,7 @@ def test_nodule_preservation_table_over_a_nodules_csv():
     drr = drr + 0.1 * disc(drr.shape, (30.0, 30.0), 6.0)  # a second, fainter nodule
     nodules = pd.DataFrame(
         [("d1", 1, 64.0, 64.0, 58, 58, 70, 70, 8.0), ("d1", 2, 30.0, 30.0, 24, 24, 36, 36, 8.0)],
-        columns=[*NODULE_COLUMNS, "diameter_mm"],
+        columns=[*NODULE_LOCATION_COLUMNS, "diameter_mm"],
     )
     table = nodule_preservation_table(nodules, lambda drr_id: (drr, nodule_free, nodule_free))
     assert list(table["nodule_id"]) == [1, 2] and "diameter_mm" in table
@@ -504,7 +505,7 @@ def test_nodule_table_on_an_enlarged_restored_grid():
     assert scaled.iloc[0].tolist() == [20.5, 0.5, 16, 0, 24, 6]
     assert nodule_bbox(scaled.iloc[0]) == (16, 0, 24, 6)
     assert nodule_bbox({"bbox_row0": 8, "bbox_col0": 0, "bbox_row1": 12, "bbox_col1": 3}, 2.0) == (16, 0, 24, 6)
-    nodules = pd.DataFrame([("d1", 1, 31.5, 31.5, 27, 27, 37, 37)], columns=list(NODULE_COLUMNS))
+    nodules = pd.DataFrame([("d1", 1, 31.5, 31.5, 27, 27, 37, 37)], columns=list(NODULE_LOCATION_COLUMNS))
     noisy_background = nodule_free + np.random.default_rng(2).normal(0, 0.01, nodule_free.shape)
     table = nodule_preservation_table(nodules, lambda drr_id: (drr + noisy_background - nodule_free, noisy_background, restored))
     row = table.iloc[0]
@@ -524,3 +525,7 @@ def test_spectra_table_and_path_sampling():
     chosen = sample_paths(paths, 4, seed=1)
     assert len(chosen) == 4 and chosen == sorted(chosen, key=lambda p: int(p.stem[3:]))
     assert chosen == sample_paths(paths, 4, seed=1) and len(sample_paths(paths, None, 0)) == 10
+
+
+def test_locating_a_nodule_needs_only_columns_of_the_ground_truth_table():
+    assert set(NODULE_LOCATION_COLUMNS) < set(NODULE_COLUMNS)

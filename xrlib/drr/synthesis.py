@@ -18,6 +18,7 @@ from xrlib.drr.geometry import ProjectionGeometry, chest_geometry, random_pose
 from xrlib.drr.physics import (attenuation_per_mm, detector_response, material_densities,
                                polyenergetic_line_integrals, tube_spectrum)
 from xrlib.drr.projector import ConeBeamProjector
+from xrlib.drr.truth import NODULE_COLUMNS
 from xrlib.io import save_png16, write_bytes_atomic, write_csv_atomic, write_json_atomic
 from xrlib.params import DrrSettings
 from xrlib.paths import project_root
@@ -29,9 +30,6 @@ from xrlib.drr.nodules import (
     place_nodules,
 )
 
-NODULE_COLUMNS = ["drr_id", "patient_id", "nodule_id", "type", "source", "centre_ras_mm_x", "centre_ras_mm_y",
-                  "centre_ras_mm_z", "diameter_mm", "centre_row_px", "centre_col_px", "bbox_row0", "bbox_col0",
-                  "bbox_row1", "bbox_col1", "contrast"]
 
 
 def line_integrals(ct: CTVolume, geometry: ProjectionGeometry, settings: DrrSettings) -> torch.Tensor:
@@ -151,7 +149,7 @@ def build_drr_set(ct_table: pd.DataFrame, settings: DrrSettings, out_dir: Path, 
                                     "diameter_mm": nodule["diameter_mm"],
                                     **{k: nodule[k] for k in NODULE_COLUMNS[9:]}})
     drrs = pd.DataFrame(drr_rows)
-    nodules = pd.DataFrame(nodule_rows, columns=NODULE_COLUMNS)
+    nodules = pd.DataFrame(nodule_rows, columns=list(NODULE_COLUMNS))
     write_csv_atomic(out_dir / "drrs.csv", drrs)
     write_csv_atomic(out_dir / "nodules.csv", nodules)
     return drrs, nodules

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
+from xrlib.drr.truth import NODULE_LOCATION_COLUMNS
 from xrlib.errors import ConfigError, DataError, GeometryError
 from xrlib.io import load_png
 from xrlib.eval.images import batch_of, missing_files, resize_images
@@ -233,9 +234,6 @@ def nodule_preservation(
     return result
 
 
-NODULE_COLUMNS = ("drr_id", "nodule_id", "centre_row_px", "centre_col_px", "bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1")
-
-
 def scale_nodule_coordinates(nodules: pd.DataFrame, ratio: float) -> pd.DataFrame:
     """Nodule centres and boxes on a grid ``ratio`` times finer (pixel centres at integers, boxes end-exclusive)."""
     scaled = nodules.copy()
@@ -279,7 +277,7 @@ def nodule_preservation_table(
     (column ``grid_scale``), so the restoration's detail is measured at its own resolution.
     Extra columns of ``nodules`` (e.g. diameter_mm) are kept, in DRR pixels.
     """
-    missing = [column for column in NODULE_COLUMNS if column not in nodules.columns]
+    missing = [column for column in NODULE_LOCATION_COLUMNS if column not in nodules.columns]
     if missing:
         raise DataError(f"nodule table lacks columns {missing}; it must follow 01_drr's nodules.csv")
     rows = []
