@@ -1,6 +1,8 @@
 """LQ twins: translation checks on known cases, SDEdit/ILVR against an exact denoiser, pair manifest, MUNIT on real X-rays."""
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,10 +25,13 @@ from xrlib.lq.twins import bicubic_twin, ddpm_translate
 from xrlib.errors import ConfigError, DataError
 from xrlib.eval.realism import radial_power_spectrum
 from xrlib.data.pairs import PAIR_COLUMNS, resize_bicubic
+from xrlib.params import LqDdpmSettings, load_params, parse
 
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+LQ_DDPM = parse(LqDdpmSettings, load_params(Path(__file__).parents[1] / "params.yaml")["lq_ddpm"], "lq_ddpm")
 
 
 def textured_images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -195,8 +200,8 @@ def test_ddpm_lq_generator_is_deterministic_for_a_seed():
                        norm_num_groups=4).eval()
     hq = textured_images(1, 16, seed=6)
     for scheduler in (DDPMScheduler(num_train_timesteps=100), DDIMScheduler(num_train_timesteps=100)):
-        params = {"strength": 0.5, "num_inference_steps": 10, "ilvr_factor": 2}
-        ddpm_twin = pair_generators(unet, scheduler, params, None, {})["ddpm"][0]
+        settings = replace(LQ_DDPM, strength=0.5, num_inference_steps=10, ilvr_factor=2)
+        ddpm_twin = pair_generators(unet, scheduler, settings, None, {})["ddpm"][0]
         first = ddpm_twin(hq, 3)
         assert first.shape == hq.shape and 0 <= first.min() and first.max() <= 1
         assert torch.equal(first, ddpm_twin(hq, 3))
@@ -291,7 +296,8 @@ def test_the_three_generators_make_pairs_and_their_checks(tmp_path):
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=4).eval()
     munit = Munit(MunitConfig(base_channels=4, n_downsample=1, n_res_blocks=1, mlp_dim=8, disc_channels=4, disc_layers=2, disc_scales=1)).eval()
-    generators = pair_generators(unet, DDIMScheduler(num_train_timesteps=100), {"strength": 0.3, "num_inference_steps": 5, "ilvr_factor": 2, "sampler": "ddim"},
+    generators = pair_generators(unet, DDIMScheduler(num_train_timesteps=100),
+                                 replace(LQ_DDPM, strength=0.3, num_inference_steps=5, ilvr_factor=2, sampler="ddim"),
                                  munit, {"steps": 0})
     images = textured_images(2, 32, seed=8)
     table = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p1", "p2"], "split": ["val", "test"], "path": ["a.png", "b.png"]})

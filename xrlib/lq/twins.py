@@ -18,6 +18,7 @@ import torch
 
 from xrlib.data.pairs import from_model_range, to_model_range
 from xrlib.models.sampling import ilvr_guidance, sdedit
+from xrlib.params import LqDdpmSettings
 
 
 Translate = Callable[[torch.Tensor, int], torch.Tensor]
@@ -47,17 +48,18 @@ def ddpm_translate(unet: torch.nn.Module, scheduler: Any, hq_display: torch.Tens
 def pair_generators(
     ddpm_unet: torch.nn.Module,
     ddpm_scheduler: Any,
-    ddpm_params: Mapping[str, Any],
+    ddpm_settings: LqDdpmSettings,
     munit_model: torch.nn.Module,
     munit_params: Mapping[str, Any],
 ) -> dict[str, tuple[Translate, dict[str, Any]]]:
     """The three generators for :func:`build_pairs`: bicubic, DDPM-LQ (SDEdit + ILVR) and MUNIT-LQ (sampled style).
 
-    DDPM-LQ is :func:`ddpm_translate` with the image's seed.
+    DDPM-LQ is :func:`ddpm_translate` with the image's seed and the ``lq_ddpm`` settings' strength,
+    steps and ILVR factor; each generator's settings go to the pair manifest.
     """
     from xrlib.models.munit import translate_hq_to_lq
 
-    ddpm = {k: ddpm_params[k] for k in ("strength", "num_inference_steps", "ilvr_factor")}
+    ddpm = {k: getattr(ddpm_settings, k) for k in ("strength", "num_inference_steps", "ilvr_factor")}
 
     def ddpm_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
         return ddpm_translate(ddpm_unet, ddpm_scheduler, hq_small, seed=seed, **ddpm)
@@ -67,13 +69,13 @@ def pair_generators(
 
     return {
         "bicubic": (bicubic_twin, {"method": "bicubic, antialiased"}),
-        "ddpm": (ddpm_twin, {**ddpm, "sampler": ddpm_params.get("sampler", "ddpm")}),
+        "ddpm": (ddpm_twin, {**ddpm, "sampler": ddpm_settings.sampler}),
         "munit": (munit_twin, {"style": "sampled N(0, I)", **dict(munit_params)}),
     }
 
 
 class DisplayImageDataset(torch.utils.data.Dataset):
-    """Unconditional training images for :func:`xrlib.training.train`: item (index, seed) -> {"image" in [-1, 1], "seed"}."""
+    """Unconditional training images for :func:`xrlib.models.training.train`: item (index, seed) -> {"image" in [-1, 1], "seed"}."""
 
     def __init__(self, images_display: torch.Tensor):
         self.images = images_display * 2 - 1
