@@ -14,8 +14,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from xrlib.models.restorer import image_seed, restore, restore_files
-from xrlib.models.sampling import diffusion_loss, ilvr_guidance, make_scheduler, sample, sdedit
+from xrlib.models.restorer import image_seed, restore, restore_condition, restore_files
+from xrlib.models.sampling import (
+    diffusion_loss, from_diffusion_space, ilvr_guidance, make_scheduler, sample, sdedit, to_diffusion_space,
+)
 from xrlib.models.unet import build_unet, export_weights, load_model
 from xrlib.errors import CheckpointError, ConfigError
 from xrlib.io import load_png, save_png16
@@ -44,7 +46,12 @@ class ExactDenoiser(torch.nn.Module):
         alpha_bar = self.alphas_cumprod[timesteps.long()].view(-1, 1, 1, 1)
         clean = self.clean_estimate(noisy, condition, alpha_bar)
         epsilon = (noisy - alpha_bar.sqrt() * clean) / (1 - alpha_bar).sqrt()
-        out = epsilon if self.prediction_type == "epsilon" else alpha_bar.sqrt() * epsilon - (1 - alpha_bar).sqrt() * clean
+        if self.prediction_type == "sample":
+            out = clean
+        elif self.prediction_type == "epsilon":
+            out = epsilon
+        else:
+            out = alpha_bar.sqrt() * epsilon - (1 - alpha_bar).sqrt() * clean
         return SimpleNamespace(sample=out.float())
 
 
@@ -70,7 +77,7 @@ def test_cosine_and_linear_schedules_follow_their_formulas():
         make_scheduler("euler", SCHEDULE)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("loss", ["l1", "l2"])
 def test_loss_vanishes_for_the_exact_denoiser_only(prediction_type, loss):
     scheduler = make_scheduler("ddpm", {**SCHEDULE, "prediction_type": prediction_type})
@@ -92,7 +99,7 @@ def test_each_samples_loss_term_is_independent_of_its_batch():
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 20), ("dpm_solver", 10)])
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_samplers_return_the_target_of_an_exact_conditional_denoiser(sampler, steps, prediction_type):
     schedule = {**SCHEDULE, "prediction_type": prediction_type}
     scheduler = make_scheduler(sampler, schedule)
@@ -204,3 +211,52 @@ def test_unet_config_errors_name_the_parameter():
         build_unet({**TINY_UNET, "attention_levels": [True]})
     with pytest.raises(ConfigError, match="norm_num_groups"):
         build_unet({**TINY_UNET, "norm_num_groups": 3})
+
+
+RESIDUAL = {**SCHEDULE, "prediction_type": "sample", "target": "residual", "residual_scale": 0.1}
+
+
+def test_residual_space_round_trips_and_needs_a_condition():
+    image = torch.rand(2, 1, 8, 8) * 2 - 1
+    condition = (image + 0.05 * torch.randn(2, 1, 8, 8)).clamp(-1, 1)
+    residual = to_diffusion_space(image, condition, RESIDUAL)
+    torch.testing.assert_close(residual, (image - condition) / 0.1)
+    torch.testing.assert_close(from_diffusion_space(residual, condition, RESIDUAL), image)
+    assert torch.equal(to_diffusion_space(image, condition, SCHEDULE), image)
+    with pytest.raises(ConfigError, match="condition"):
+        to_diffusion_space(image, None, RESIDUAL)
+    with pytest.raises(ConfigError, match="target"):
+        to_diffusion_space(image, condition, {**RESIDUAL, "target": "velocity"})
+    with pytest.raises(ConfigError, match="residual_scale"):
+        to_diffusion_space(image, condition, {**RESIDUAL, "residual_scale": 0})
+
+
+class ZeroResidual(torch.nn.Module):
+    """An x0-predicting 'model' that always predicts a zero residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.config = SimpleNamespace(out_channels=1)
+
+    def forward(self, model_input, timesteps):
+        return SimpleNamespace(sample=torch.zeros_like(model_input[:, :1]))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm_solver"])
+def test_a_zero_residual_gives_back_the_upsampled_input(sampler):
+    lq = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    model_config = {"unet": TINY_UNET, "schedule": RESIDUAL, "scale": 2}
+    restored = restore(ZeroResidual(), model_config, lq, sampler, 10, torch.Generator().manual_seed(0))
+    upsampled = torch.nn.functional.interpolate(lq, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+    torch.testing.assert_close(restored, upsampled, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 20), ("dpm_solver", 10)])
+def test_residual_sampling_with_the_exact_denoiser_returns_the_hq_image(sampler, steps):
+    hq = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+    condition = (hq + 0.1 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))).clamp(-1, 1)
+    true_residual = to_diffusion_space(hq, condition, RESIDUAL)
+    exact = ExactDenoiser(make_scheduler("ddpm", RESIDUAL), lambda n, c, a: true_residual.double(), "sample")
+    restored = restore_condition(exact, {"schedule": RESIDUAL}, condition, sampler, steps, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(restored, hq, atol=1e-4, rtol=0)

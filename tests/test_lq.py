@@ -13,6 +13,8 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from xrlib.io import load_png, save_png16
 from xrlib.lq.checks import (
+    TwinCriteria,
+    choose_translation_setting,
     fraction_moved,
     gaussian_blur,
     low_pass_ssim,
@@ -109,6 +111,47 @@ def test_blur_moves_the_spectrum_and_sharpness_toward_a_blurred_reference():
     assert 0 < bicubic["spectrum_fraction"] < full["spectrum_fraction"]
 
 
+def test_content_box_crops_a_drr_to_its_body(tmp_path):
+    from xrlib.lq.pairs import content_box
+
+    image = torch.zeros(40, 50)
+    image[5:30, 10:44] = 0.5
+    assert content_box(image, 0.05) == (5, 30, 10, 44)
+    save_png16(tmp_path / "drr.png", image.numpy())
+    square = load_display_stack([tmp_path / "drr.png"], 16, content_threshold=0.05)
+    assert square.shape == (1, 1, 16, 16) and float(square.min()) == pytest.approx(0.5, abs=0.01)
+    assert float(load_display_stack([tmp_path / "drr.png"], 16).min()) == 0.0  # uncropped: black air at the border
+    with pytest.raises(DataError, match="blank"):
+        content_box(torch.zeros(8, 8), 0.05)
+
+
+def test_twin_criteria_pass_a_blurred_twin_and_fail_a_different_image_or_an_unchanged_one():
+    hq = textured_images(6, 64, seed=2)
+    drrs = gaussian_blur(textured_images(6, 64, seed=3), 2.0)
+    criteria = TwinCriteria()
+    blurred = translation_report(hq, gaussian_blur(hq, 2.0), drrs, 3.0)
+    assert blurred["spectrum_distance_ratio"] < 0.2 and blurred["spectrum_distance_hq_to_drr"] > 0.3
+    assert criteria.verdict(blurred) == {"anatomy_kept": True, "reached_drr_domain": True, "passed": True}
+    unchanged = translation_report(hq, hq, drrs, 3.0)
+    assert unchanged["spectrum_distance_ratio"] == pytest.approx(1.0)
+    assert criteria.verdict(unchanged) == {"anatomy_kept": True, "reached_drr_domain": False, "passed": False}
+    other_chest = translation_report(hq, gaussian_blur(textured_images(6, 64, seed=9), 2.0), drrs, 3.0)
+    assert criteria.verdict(other_chest)["anatomy_kept"] is False
+
+
+def test_choose_translation_setting_takes_the_nearest_to_drrs_among_those_keeping_anatomy():
+    sweep = pd.DataFrame({"strength": [0.2, 0.4, 0.6, 0.8], "low_pass_ssim": [0.97, 0.9, 0.86, 0.5],
+                          "spectrum_distance_ratio": [0.8, 0.45, 0.3, 0.1]})
+    chosen = choose_translation_setting(sweep)
+    assert chosen.strength == 0.6 and bool(chosen.passed)
+    strict = choose_translation_setting(sweep, TwinCriteria(min_low_pass_ssim=0.95, max_spectrum_distance_ratio=0.5))
+    assert strict.strength == 0.2 and not strict.passed and strict.anatomy_kept
+    none_keeps = choose_translation_setting(sweep.assign(low_pass_ssim=[0.5, 0.6, 0.4, 0.3]))
+    assert none_keeps.strength == 0.4 and not none_keeps.anatomy_kept
+    with pytest.raises(DataError, match="columns"):
+        choose_translation_setting(sweep.drop(columns="low_pass_ssim"))
+
+
 class DeltaDenoiser(torch.nn.Module):
     """The exact noise predictor when every training image is ``target``: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
 
@@ -189,6 +232,27 @@ def test_sdedit_reaches_the_lq_domain_and_ilvr_keeps_the_hq_low_pass():
     assert float(low_pass_ssim(guided, hq, 3.0)) > 0.9 > float(low_pass_ssim(full, hq, 3.0))
     fine = lambda x: x - gaussian_blur(x, 1.0)  # noqa: E731
     assert distance(fine(guided), fine(target)) < distance(fine(guided), fine(hq))
+
+
+def test_sdedit_sweep_rows_follow_strength_and_ilvr():
+    from types import SimpleNamespace
+
+    from xrlib.lq.checks import sdedit_sweep
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    hq = textured_images(1, 32, seed=4)
+    target = drr_like(textured_images(1, 32, seed=5))
+    denoiser = DeltaDenoiser(target, scheduler)
+    denoiser.config = SimpleNamespace(sample_size=32)
+    sweep = sdedit_sweep(denoiser, scheduler, hq, target, [0.1, 1.0], [0, 4], 20, 3.0)
+    assert list(zip(sweep.strength, sweep.ilvr_factor)) == [(0.1, 0), (0.1, 4), (1.0, 0), (1.0, 4)]
+    by = sweep.set_index(["strength", "ilvr_factor"])
+    # the exact denoiser of a one-image domain turns any noised input into that image: without guidance the
+    # twin is the DRR (anatomy lost, spectrum reached); ILVR keeps the HQ anatomy while moving the spectrum
+    assert by.loc[(1.0, 0), "low_pass_ssim"] < 0.5 and by.loc[(1.0, 0), "spectrum_distance_ratio"] < 0.05
+    assert by.loc[(1.0, 4), "low_pass_ssim"] > 0.9 and by.loc[(1.0, 4), "spectrum_distance_ratio"] < 0.9
+    chosen = choose_translation_setting(sweep)
+    assert chosen.ilvr_factor == 4 and chosen.anatomy_kept
 
 
 def test_ddpm_lq_generator_is_deterministic_for_a_seed():

@@ -16,7 +16,7 @@ from xrlib.eval.fid import frechet_and_kernel_distance, inception_feature_extrac
 from xrlib.eval.images import DATA_RANGE, batch_of, load_image_batch, resize_images
 from xrlib.eval.nodules import LostRule, nodule_bbox, nodule_contrast, nodule_peak_px, nodule_preservation, nodule_preservation_table, nodule_signal_template, npw_dprime, npw_dprime_white_noise, scale_nodule_coordinates, summarise_nodules
 from xrlib.eval.quality import MS_SSIM_BETAS, image_quality_table, ms_ssim, ms_ssim_scales, psnr_db, quality_table_from_pairs, ssim
-from xrlib.eval.realism import GAUSSIAN_10_90_RISE_PER_SIGMA, edge_rise_distance_px, intensity_wasserstein, log_spectrum_distance, noise_power_spectrum, radial_power_spectrum, realism_table, sample_paths, set_spectrum_distances, spectra_table, summarise_realism
+from xrlib.eval.realism import GAUSSIAN_10_90_RISE_PER_SIGMA, edge_rise_distance_px, high_frequency_power_fraction, low_pass_correlation, intensity_wasserstein, log_spectrum_distance, noise_power_spectrum, radial_power_spectrum, realism_table, sample_paths, set_spectrum_distances, spectra_table, summarise_realism
 from xrlib.paper import PUBLISHED_CITATION, beside_published, published_table
 from xrlib.stats.units import paired_method_test, paired_method_tests, statistical_unit, summarise_metrics, unit_bootstrap_ci
 from xrlib.errors import ConfigError, DataError, GeometryError
@@ -222,6 +222,33 @@ def test_log_spectrum_distance_known_scaling():
     _, doubled = radial_power_spectrum(batch(2.0 * images))
     assert log_spectrum_distance(power, power) == 0.0
     assert log_spectrum_distance(doubled, power) == pytest.approx(2 * math.log10(2.0), rel=1e-6)
+
+
+def test_high_frequency_power_fraction_of_white_noise_and_blur():
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0.5, 0.1, (4, 1, 128, 128)))
+    # white noise: the fraction is the share of the frequency plane beyond the cutoff, 1 - pi r^2 for r = 0.25
+    fraction = high_frequency_power_fraction(noise, 0.25)
+    assert fraction.mean() == pytest.approx(1 - math.pi * 0.25**2, abs=0.01)
+    np.testing.assert_allclose(fraction, 1 - math.pi * 0.25**2, atol=0.03)
+    blurred = torch.from_numpy(ndimage.gaussian_filter(noise.numpy(), (0, 0, 3, 3)))
+    assert (high_frequency_power_fraction(blurred, 0.25) < 1e-6).all()  # exp(-4 pi^2 9 0.25^2) ~ 1e-10
+    with pytest.raises(ConfigError, match="cutoff"):
+        high_frequency_power_fraction(noise, 0.9)
+    with pytest.raises(DataError, match="constant"):
+        high_frequency_power_fraction(torch.ones(1, 1, 16, 16), 0.25)
+
+
+def test_low_pass_correlation_keeps_anatomy_and_ignores_fine_detail():
+    rng = np.random.default_rng(1)
+    anatomy = torch.from_numpy(ndimage.gaussian_filter(rng.normal(0, 1, (2, 1, 96, 96)), (0, 0, 8, 8)))
+    detail = torch.from_numpy(rng.normal(0, 0.2 * float(anatomy.std()), anatomy.shape))
+    np.testing.assert_allclose(low_pass_correlation(anatomy, anatomy), 1.0, atol=1e-12)
+    assert (low_pass_correlation(anatomy + detail, anatomy) > 0.99).all()
+    np.testing.assert_allclose(low_pass_correlation(-anatomy, anatomy), -1.0, atol=1e-12)
+    other = torch.from_numpy(ndimage.gaussian_filter(rng.normal(0, 1, (2, 1, 96, 96)), (0, 0, 8, 8)))
+    assert (np.abs(low_pass_correlation(other, anatomy)) < 0.5).all()
+    with pytest.raises(DataError, match="shape"):
+        low_pass_correlation(anatomy, anatomy[..., :64])
 
 
 def test_noise_power_spectrum_white_noise_on_a_smooth_background():

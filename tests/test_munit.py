@@ -11,6 +11,7 @@ from xrlib.models.munit import (
     discriminator_loss,
     generator_losses,
     load_munit,
+    low_frequency_loss,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
     random_crops,
@@ -102,6 +103,26 @@ def test_generator_terms_are_the_papers_and_weighted_as_configured():
     gan_by_hand = sum(((o - 1) ** 2).mean() for o in model.dis_a(x_ba)) + sum(((o - 1) ** 2).mean() for o in model.dis_b(x_ab))
     assert torch.allclose(terms["gan"], gan_by_hand)
     assert "cycle" not in generator_losses(Munit(TINY), x_a, x_b, s_a, s_b)
+
+
+def test_low_frequency_term_compares_low_passes_only():
+    flat = torch.full((1, 1, 16, 16), 0.2)
+    assert float(low_frequency_loss(flat + 0.3, flat, 4)) == pytest.approx(0.3, abs=1e-6)  # a constant offset survives
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 0.4 - 0.2  # finest texture, zero mean per 4x4
+    assert float(low_frequency_loss(flat + checker, flat, 4)) == pytest.approx(0.0, abs=1e-6)
+    torch.manual_seed(0)
+    config = MunitConfig(**{**TINY.to_dict(), "low_frequency_weight": 5.0, "low_frequency_factor": 4})
+    model = Munit(config)
+    x_a, x_b = torch.rand(2, 1, 16, 16) * 2 - 1, torch.rand(2, 1, 16, 16) * 2 - 1
+    s_a, s_b = torch.randn(2, 8), torch.randn(2, 8)
+    terms = generator_losses(model, x_a, x_b, s_a, s_b)
+    x_ab = model.gen_b.decode(model.gen_a.encode(x_a)[0], s_b)
+    x_ba = model.gen_a.decode(model.gen_b.encode(x_b)[0], s_a)
+    by_hand = low_frequency_loss(x_ab, x_a, 4) + low_frequency_loss(x_ba, x_b, 4)
+    assert torch.allclose(terms["low_frequency"], by_hand)
+    expected_total = 10 * terms["image_recon"] + terms["content_recon"] + terms["style_recon"] + terms["gan"] + 5 * by_hand
+    assert torch.allclose(terms["total"], expected_total)
+    assert "low_frequency" not in generator_losses(Munit(TINY), x_a, x_b, s_a, s_b)
 
 
 def test_discriminator_loss_does_not_train_the_generators():

@@ -249,8 +249,10 @@ class ScheduleSchema:
     beta_schedule: Literal["cosine", "linear"] = "cosine"
     beta_start: float = setting(1e-4, above=0.0, below=1.0)
     beta_end: float = setting(0.02, above=0.0, below=1.0)
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     loss: Literal["l1", "l2"] = "l2"
+    target: Literal["image", "residual"] = "image"
+    residual_scale: float = setting(1.0, above=0.0)
 
 
 SAMPLERS = Literal["ddpm", "ddim", "dpm_solver"]
@@ -382,6 +384,8 @@ class RestoreSettings:
     test_inputs: dict[str, list[LQ_GENERATORS]] = setting()
     sampler: SAMPLERS = "dpm_solver"
     steps: int = setting(low=1)
+    strength: float = setting(1.0, above=0.0, high=1.0)
+    """1: sample from pure noise; below 1: start from the upsampled input noised that far (CCDF)."""
     batch_size: int = setting(low=1)
     input_px: Optional[int] = setting(None, low=8)
     zoom_px: int = setting(low=1)

@@ -9,7 +9,9 @@ Gaussian low-passes scipy's ``gaussian_filter``; sharpness here is only this che
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,6 +24,7 @@ from xrlib.errors import DataError
 from xrlib.eval.realism import radial_power_spectrum
 from xrlib.io import load_png
 from xrlib.lq.pairs import load_display_stack
+from xrlib.lq.twins import ddpm_translate
 
 
 def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
@@ -71,12 +74,20 @@ def fraction_moved(start: torch.Tensor, end: torch.Tensor, moved: torch.Tensor) 
     return float((moved - start).flatten() @ direction) / length2
 
 
+def spectrum_shape_distance(shape_a: torch.Tensor, shape_b: torch.Tensor) -> float:
+    """RMS over frequency bins of the difference of two :func:`spectrum_shape` curves, in decades."""
+    return float(torch.sqrt(torch.mean((shape_a - shape_b) ** 2)))
+
+
 def translation_report(hq_display: torch.Tensor, lq_display: torch.Tensor, drr_display: torch.Tensor, low_pass_sigma_px: float) -> dict[str, float]:
     """How far LQ twins moved from their HQ images toward the DRR domain, and how much anatomy they kept.
 
     All are measured at the HQ size: LQ twins (same count as HQ, any size) and DRRs (any count) are
     bicubic-resampled to it. Spectrum: :func:`spectrum_shape` of each set;
     sharpness: mean of :func:`sharpness`. ``*_fraction`` = :func:`fraction_moved` (0 HQ, 1 DRR).
+    ``spectrum_distance_{hq,lq}_to_drr``: :func:`spectrum_shape_distance` of the HQ images and of
+    the twins to the DRRs; ``spectrum_distance_ratio`` the second over the first (below 1: the
+    twins are nearer the DRR domain than their HQ images).
     ``low_pass_ssim`` = mean SSIM of the Gaussian low-passes (sigma ``low_pass_sigma_px``) of twin and HQ.
     """
     size = hq_display.shape[-1]
@@ -86,14 +97,70 @@ def translation_report(hq_display: torch.Tensor, lq_display: torch.Tensor, drr_d
     drr = resize_bicubic(drr_display, (size, size))
     spectra = {name: spectrum_shape(x) for name, x in (("hq", hq_display), ("lq", lq), ("drr", drr))}
     sharp = {name: sharpness(x).mean() for name, x in (("hq", hq_display), ("lq", lq), ("drr", drr))}
+    distance_hq = spectrum_shape_distance(spectra["hq"], spectra["drr"])
+    distance_lq = spectrum_shape_distance(spectra["lq"], spectra["drr"])
     return {
         "spectrum_fraction": fraction_moved(spectra["hq"], spectra["drr"], spectra["lq"]),
+        "spectrum_distance_hq_to_drr": distance_hq,
+        "spectrum_distance_lq_to_drr": distance_lq,
+        "spectrum_distance_ratio": distance_lq / distance_hq if distance_hq > 0 else float("inf"),
         "sharpness_fraction": fraction_moved(sharp["hq"], sharp["drr"], sharp["lq"]),
         "sharpness_hq": float(sharp["hq"]),
         "sharpness_lq": float(sharp["lq"]),
         "sharpness_drr": float(sharp["drr"]),
         "low_pass_ssim": float(low_pass_ssim(lq, hq_display, low_pass_sigma_px).mean()),
     }
+
+
+@dataclass(frozen=True)
+class TwinCriteria:
+    """What an LQ twin must do, checked on held-out images: keep the HQ anatomy and reach the DRR domain."""
+
+    min_low_pass_ssim: float = 0.85
+    """Anatomy kept: SSIM of the Gaussian low-passes of twin and HQ at least this."""
+    max_spectrum_distance_ratio: float = 0.5
+    """DRR domain reached: the twins' spectrum distance to DRRs at most this fraction of the HQ images'."""
+
+    def verdict(self, report: Mapping[str, float]) -> dict[str, bool]:
+        """anatomy_kept, reached_drr_domain and passed for one :func:`translation_report`."""
+        anatomy = report["low_pass_ssim"] >= self.min_low_pass_ssim
+        domain = report["spectrum_distance_ratio"] <= self.max_spectrum_distance_ratio
+        return {"anatomy_kept": bool(anatomy), "reached_drr_domain": bool(domain), "passed": bool(anatomy and domain)}
+
+
+def choose_translation_setting(sweep: pd.DataFrame, criteria: TwinCriteria = TwinCriteria()) -> pd.Series:
+    """The row of a sweep of translation settings (one :func:`translation_report` per row) that the checks pick.
+
+    Among the rows that keep the anatomy (low-pass SSIM >= the bar), the one nearest the DRR
+    domain (lowest ``spectrum_distance_ratio``); if none keeps it, the one that keeps it best.
+    The chosen row gains the :meth:`TwinCriteria.verdict` columns, so a failed bar is visible.
+    """
+    needed = {"low_pass_ssim", "spectrum_distance_ratio"}
+    if sweep.empty or needed - set(sweep.columns):
+        raise DataError(f"the sweep needs rows with columns {sorted(needed)}; got {list(sweep.columns)}")
+    keeping = sweep[sweep.low_pass_ssim >= criteria.min_low_pass_ssim]
+    chosen = keeping.loc[keeping.spectrum_distance_ratio.idxmin()] if len(keeping) else sweep.loc[sweep.low_pass_ssim.idxmax()]
+    return pd.concat([chosen, pd.Series(criteria.verdict(chosen))])
+
+
+def sdedit_sweep(unet: torch.nn.Module, scheduler: Any, hq_display: torch.Tensor, drr_display: torch.Tensor,
+                 strengths: Sequence[float], ilvr_factors: Sequence[int], num_inference_steps: int,
+                 low_pass_sigma_px: float, seed: int = 0) -> pd.DataFrame:
+    """:func:`translation_report` of DDPM-LQ twins for every (strength, ilvr_factor), one row each.
+
+    ``hq_display`` (B, 1, N, N) is translated at the DDPM's size ``unet.config.sample_size`` (bicubic)
+    and measured at N against ``drr_display`` (any count, resampled to N). Feed the table to
+    :func:`choose_translation_setting` to pick the setting by the checks, not by eye.
+    """
+    size = int(unet.config.sample_size)
+    small = resize_bicubic(hq_display, (size, size))
+    rows = []
+    for strength in strengths:
+        for factor in ilvr_factors:
+            twins = ddpm_translate(unet, scheduler, small, float(strength), num_inference_steps, int(factor), seed)
+            rows.append({"strength": float(strength), "ilvr_factor": int(factor),
+                         **translation_report(hq_display, twins, drr_display, low_pass_sigma_px)})
+    return pd.DataFrame(rows)
 
 
 def manifest_translation_checks(manifest: pd.DataFrame, root: Path, drr_display: torch.Tensor, hq_px: int,

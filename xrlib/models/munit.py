@@ -12,6 +12,13 @@ reconstruction (weight 10), L1 content and style reconstruction (1 and 1), and a
 cycle term (x -> other domain -> back with the original style). The paper's optional VGG
 perceptual term is not implemented: it needs ImageNet weights the embedded default does not have.
 
+Beyond the paper, a **low-frequency consistency** term (off by default, ``low_frequency_weight``):
+the L1 distance between the low-passes of each translation and of its source image, with the ILVR
+filter phi_N (:func:`xrlib.models.sampling.low_pass`: area downsampling by ``low_frequency_factor``,
+bicubic upsampling). It is the identity-preserving low-frequency reconstruction loss of Frequency
+Domain Image Translation (Cai et al., ICCV 2021): a translation may change texture and sharpness
+(the style) but not the anatomy, which a short CPU training otherwise loses.
+
 Networks see images in [-1, 1]; the translation helpers take and return display images in [0, 1].
 """
 
@@ -28,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xrlib.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from xrlib.models.sampling import low_pass
 from xrlib.models.training import run_checkpoints
 from xrlib.errors import ConfigError
 
@@ -50,6 +58,8 @@ class MunitConfig:
     content_recon_weight: float = 1.0
     style_recon_weight: float = 1.0
     cycle_weight: float = 0.0
+    low_frequency_weight: float = 0.0
+    low_frequency_factor: int = 4
 
 
     def to_dict(self) -> dict[str, Any]:
@@ -266,6 +276,11 @@ def reconstruction_loss(estimate: torch.Tensor, target: torch.Tensor) -> torch.T
     return (estimate - target).abs().mean()
 
 
+def low_frequency_loss(translation: torch.Tensor, source: torch.Tensor, factor: int) -> torch.Tensor:
+    """L1 between the ILVR low-passes phi_N (N = ``factor``) of a translation and its source (Cai et al. 2021)."""
+    return reconstruction_loss(low_pass(translation, factor), low_pass(source, factor))
+
+
 def generator_losses(model: Munit, x_a: torch.Tensor, x_b: torch.Tensor, style_a: torch.Tensor, style_b: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every generator term of the paper for one batch, unweighted, plus ``total`` (weighted sum).
 
@@ -285,11 +300,15 @@ def generator_losses(model: Munit, x_a: torch.Tensor, x_b: torch.Tensor, style_a
         "style_recon": reconstruction_loss(style_a_back, style_a) + reconstruction_loss(style_b_back, style_b),
         "gan": lsgan_generator_loss(model.dis_a(x_ba)) + lsgan_generator_loss(model.dis_b(x_ab)),
     }
+    if c.low_frequency_weight > 0:
+        terms["low_frequency"] = low_frequency_loss(x_ab, x_a, c.low_frequency_factor) + low_frequency_loss(
+            x_ba, x_b, c.low_frequency_factor)
     if c.cycle_weight > 0:
         terms["cycle"] = reconstruction_loss(model.gen_a.decode(content_a_back, own_style_a), x_a) + reconstruction_loss(
             model.gen_b.decode(content_b_back, own_style_b), x_b)
     weights = {"image_recon": c.image_recon_weight, "content_recon": c.content_recon_weight,
-               "style_recon": c.style_recon_weight, "gan": c.gan_weight, "cycle": c.cycle_weight}
+               "style_recon": c.style_recon_weight, "gan": c.gan_weight, "cycle": c.cycle_weight,
+               "low_frequency": c.low_frequency_weight}
     terms["total"] = sum(weights[name] * value for name, value in terms.items())
     return terms
 

@@ -24,7 +24,7 @@ from xrlib.data.pairs import PairDataset, from_model_range, read_pairs, resize_b
 from xrlib.params import RestorerSettings, check_params, deep_merge, load_params
 from xrlib.paths import project_root
 from xrlib import stages
-from xrlib.models.sampling import make_scheduler, sample
+from xrlib.models.sampling import from_diffusion_space, make_scheduler, sample, sdedit, to_diffusion_space
 from xrlib.models.training import init_distributed
 from xrlib.models.unet import downsampling_factor, train_diffusion
 
@@ -51,6 +51,33 @@ def make_condition(lq_image: torch.Tensor, scale: int, mask: torch.Tensor | None
 
 
 @torch.no_grad()
+def restore_condition(
+    model: torch.nn.Module,
+    model_config: Mapping[str, Any],
+    condition: torch.Tensor,
+    sampler: str = "dpm_solver",
+    steps: int = 20,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    strength: float = 1.0,
+) -> torch.Tensor:
+    """Restored images in [-1, 1] from a condition (B, C, H, W) at the output size (H, W multiples of the UNet's factor).
+
+    ``strength`` 1 samples from pure noise. Below 1 the reverse process starts from the upsampled
+    LQ image itself (a zero residual, or the condition for an image target) noised to ``strength``
+    of the schedule and runs only that fraction of the ``steps`` (Come-Closer-Diffuse-Faster,
+    Chung, Sim and Ye, CVPR 2022): fewer steps, and the lower the strength the less is invented.
+    """
+    schedule = model_config["schedule"]
+    scheduler = make_scheduler(sampler, schedule)
+    if strength >= 1.0:
+        drawn = sample(model, scheduler, condition=condition, steps=steps, generator=generator, clamp=False)
+    else:
+        start = to_diffusion_space(condition[:, :1], condition, schedule)
+        drawn = sdedit(model, scheduler, start, strength, steps, generator, condition=condition, clamp=False)
+    return from_diffusion_space(drawn, condition.to(drawn.device), schedule)
+
+
+@torch.no_grad()
 def restore(
     model: torch.nn.Module,
     model_config: Mapping[str, Any],
@@ -59,12 +86,12 @@ def restore(
     steps: int = 20,
     generator: torch.Generator | list[torch.Generator] | None = None,
     mask: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
-    """Restore LQ images (B, 1, h, w) in [0, 1] of any size into (B, 1, scale*h, scale*w) in [0, 1]."""
+    """Restore LQ images (B, 1, h, w) in [0, 1] of any size into (B, 1, scale*h, scale*w) in [0, 1] (see :func:`restore_condition`)."""
     condition = make_condition(lq_image, int(model_config["scale"]), mask)
     padded, (height, width) = pad_to_multiple(condition, downsampling_factor(model_config["unet"]))
-    scheduler = make_scheduler(sampler, model_config["schedule"])
-    restored = sample(model, scheduler, condition=padded, steps=steps, generator=generator)
+    restored = restore_condition(model, model_config, padded, sampler, steps, generator, strength)
     return from_model_range(restored[..., :height, :width])
 
 
@@ -83,6 +110,7 @@ def restore_files(
     batch_size: int = 4,
     seed: int = 0,
     input_px: int | None = None,
+    strength: float = 1.0,
 ) -> dict[str, Path]:
     """Restore the PNGs ``inputs`` (id -> path) into ``output_dir/<id>.png`` (16-bit); return id -> output path.
 
@@ -106,7 +134,7 @@ def restore_files(
             chunk = ids[start:start + batch_size]
             batch = torch.cat([loaded[i] for i in chunk]).to(device)
             generators = [torch.Generator(device=device).manual_seed(image_seed(seed, i)) for i in chunk]
-            restored = restore(model, model_config, batch, sampler, steps, generators)
+            restored = restore(model, model_config, batch, sampler, steps, generators, strength=strength)
             for image_id, image in zip(chunk, restored.cpu().numpy()):
                 written[image_id] = save_png16(Path(output_dir) / f"{image_id}.png", image[0])
     return written
@@ -157,8 +185,8 @@ def train_restorer(section: RestorerSettings, name: str, scale: int, root: str |
 
     def preview_fn(ema: torch.nn.Module) -> torch.Tensor:
         device = next(ema.parameters()).device
-        restored = sample(ema, make_scheduler("ddim", model_config["schedule"]), preview_condition.to(device), 20,
-                          torch.Generator(device=device).manual_seed(0))
+        restored = restore_condition(ema, model_config, preview_condition.to(device), "ddim", 20,
+                                     torch.Generator(device=device).manual_seed(0))
         return from_model_range(torch.cat([preview_condition[:, :1], restored.cpu(), preview_hq]))
 
     return train_diffusion(model_config, settings["train"], dataset, run_dir, "restorer_ema.safetensors", preview_fn)

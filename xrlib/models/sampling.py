@@ -1,8 +1,19 @@
 """Diffusion maths apart from the network: schedulers, the training loss, samplers, SDEdit and ILVR.
 
 ``schedule`` (a model config's forward process, :func:`make_scheduler`) sets ``beta_schedule``
-cosine or linear, ``prediction_type`` epsilon or v_prediction, ``loss`` l1 or l2; every sampler
-made from one schedule shares its betas. Images given to the model are in [-1, 1].
+cosine or linear, ``prediction_type`` epsilon, v_prediction or sample (x0), ``loss`` l1 or l2;
+every sampler made from one schedule shares its betas. Images given to the model are in [-1, 1].
+
+``schedule.target`` says what is diffused (:func:`to_diffusion_space`):
+
+- ``image`` (SR3 and Palette, Saharia et al. 2022; the paper's DiffusionXRay): the HQ image itself,
+  generated from pure noise with the LQ image as condition.
+- ``residual`` (SRDiff, Li et al. 2022, Neurocomputing 479): the HQ image minus the upsampled LQ
+  image, divided by ``residual_scale``. The sample is added back to the upsampled input, so the
+  input's anatomy is kept by construction and the model only learns the missing detail: far fewer
+  training steps reach a usable restorer, which a CPU budget needs. With ``prediction_type: sample``
+  the network predicts the clean residual, so an untrained network's small outputs give back the
+  upsampled input rather than noise.
 """
 
 
@@ -17,8 +28,9 @@ from xrlib.errors import ConfigError
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver")
 BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 LOSSES = ("l1", "l2")
+TARGETS = ("image", "residual")
 
 Guidance = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -35,6 +47,7 @@ def make_scheduler(name: str, schedule_config: Mapping[str, Any]):
         raise ConfigError(f"schedule.beta_schedule '{beta_schedule}' unknown; use one of {sorted(BETA_SCHEDULES)}")
     if prediction_type not in PREDICTION_TYPES:
         raise ConfigError(f"schedule.prediction_type '{prediction_type}' unknown; use one of {PREDICTION_TYPES}")
+    clip_range = 2.0 / residual_scale(schedule_config) if diffusion_target(schedule_config) == "residual" else 1.0
     common = dict(
         num_train_timesteps=int(schedule_config.get("num_train_timesteps", 1000)),
         beta_start=float(schedule_config.get("beta_start", 1e-4)),
@@ -43,12 +56,46 @@ def make_scheduler(name: str, schedule_config: Mapping[str, Any]):
         prediction_type=prediction_type,
     )
     if name == "ddpm":
-        return DDPMScheduler(**common, clip_sample=True, clip_sample_range=1.0)
+        return DDPMScheduler(**common, clip_sample=True, clip_sample_range=clip_range)
     if name == "ddim":
-        return DDIMScheduler(**common, clip_sample=True, clip_sample_range=1.0, timestep_spacing="trailing")
+        return DDIMScheduler(**common, clip_sample=True, clip_sample_range=clip_range, timestep_spacing="trailing")
     if name == "dpm_solver":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
     raise ConfigError(f"sampler '{name}' unknown; use one of {SAMPLERS}")
+
+
+def diffusion_target(schedule_config: Mapping[str, Any]) -> str:
+    """What the model diffuses: ``image`` (SR3/Palette) or ``residual`` over the upsampled LQ image (SRDiff)."""
+    target = schedule_config.get("target", "image")
+    if target not in TARGETS:
+        raise ConfigError(f"schedule.target '{target}' unknown; use one of {TARGETS}")
+    return target
+
+
+def residual_scale(schedule_config: Mapping[str, Any]) -> float:
+    """The residual's divisor (``schedule.residual_scale``, model units), so the diffused residual has about unit spread."""
+    scale = float(schedule_config.get("residual_scale", 1.0))
+    if not scale > 0:
+        raise ConfigError(f"schedule.residual_scale must be positive, got {scale}")
+    return scale
+
+
+def to_diffusion_space(image: torch.Tensor, condition: torch.Tensor | None, schedule_config: Mapping[str, Any]) -> torch.Tensor:
+    """HQ images in [-1, 1] -> what the model diffuses (the image, or its scaled residual over ``condition[:, :1]``)."""
+    if diffusion_target(schedule_config) == "image":
+        return image
+    if condition is None:
+        raise ConfigError("schedule.target 'residual' needs a condition (the upsampled LQ image)")
+    return (image - condition[:, :1].to(image)) / residual_scale(schedule_config)
+
+
+def from_diffusion_space(sample: torch.Tensor, condition: torch.Tensor | None, schedule_config: Mapping[str, Any]) -> torch.Tensor:
+    """The inverse of :func:`to_diffusion_space`, clipped to [-1, 1]."""
+    if diffusion_target(schedule_config) == "residual":
+        if condition is None:
+            raise ConfigError("schedule.target 'residual' needs a condition (the upsampled LQ image)")
+        sample = condition[:, :1].to(sample) + sample * residual_scale(schedule_config)
+    return sample.clamp(-1.0, 1.0)
 
 
 def _per_sample_generators(seeds: Sequence[int] | torch.Tensor, device: torch.device) -> list[torch.Generator]:
@@ -63,8 +110,9 @@ def diffusion_loss(
     condition: torch.Tensor | None = None,
     loss: str = "l2",
 ) -> torch.Tensor:
-    """Denoising loss (Ho et al. 2020, eq. 14; v-target of Salimans and Ho 2022) on images in [-1, 1].
+    """Denoising loss (Ho et al. 2020, eq. 14; v-target of Salimans and Ho 2022; x0-target) on ``clean``.
 
+    ``clean`` is what the model diffuses (:func:`to_diffusion_space`).
     Each sample's timestep and noise are drawn from its own generator seeded with ``seeds[i]``,
     so a sample's loss term does not depend on the batch it is in (or on the DDP rank).
     """
@@ -79,6 +127,8 @@ def diffusion_loss(
     prediction = model(model_input, timesteps).sample.float()
     if scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(clean, noise, timesteps)
+    elif scheduler.config.prediction_type == "sample":
+        target = clean
     else:
         target = noise
     return F.l1_loss(prediction, target.float()) if loss == "l1" else F.mse_loss(prediction, target.float())
@@ -102,7 +152,7 @@ def _denoise(
         sample = scheduler.step(output.to(sample.dtype), timestep, sample, generator=generator).prev_sample
         if guidance is not None:
             sample = guidance(sample, timesteps[index + 1] if index + 1 < len(timesteps) else None)
-    return sample.clamp(-1.0, 1.0)
+    return sample
 
 
 @torch.no_grad()
@@ -113,12 +163,14 @@ def sample(
     steps: int = 50,
     generator: torch.Generator | list[torch.Generator] | None = None,
     shape: Sequence[int] | None = None,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """Draw images in [-1, 1] by reverse diffusion with ``scheduler`` in ``steps`` steps.
 
     ``condition`` (B, C, H, W) in [-1, 1] is concatenated to the noisy input at every step (it
     sets the output shape); an unconditional model needs ``shape``. ``generator`` may be a list
     with one generator per image, which makes each image independent of the batch it is in.
+    ``clamp`` False returns the raw sample (e.g. a residual, which may exceed [-1, 1]).
     """
     reference = next(model.parameters())
     if condition is not None:
@@ -128,8 +180,8 @@ def sample(
         raise ConfigError("sample() needs a condition or an output shape")
     scheduler.set_timesteps(steps, device=reference.device)
     noise = randn_tensor(tuple(shape), generator=generator, device=reference.device, dtype=torch.float32)
-    return _denoise(model, scheduler, noise * scheduler.init_noise_sigma, scheduler.timesteps, condition,
-                    generator, None)
+    drawn = _denoise(model, scheduler, noise * scheduler.init_noise_sigma, scheduler.timesteps, condition, generator, None)
+    return drawn.clamp(-1.0, 1.0) if clamp else drawn
 
 
 @torch.no_grad()
@@ -142,13 +194,15 @@ def sdedit(
     generator: torch.Generator | list[torch.Generator] | None = None,
     condition: torch.Tensor | None = None,
     guidance: Guidance | None = None,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """SDEdit (Meng et al. 2022): noise ``image`` (in [-1, 1]) to ``strength`` of the schedule, then denoise.
 
     ``strength`` in (0, 1] is the fraction of the ``steps`` sampling steps that are run again
     (rounded, at least one): the image is noised to the first of those timesteps, so for evenly
     spaced timesteps strength is about t0 / T; 1 starts from (almost) pure noise. ``guidance`` is applied after every step, e.g.
-    :func:`ilvr_guidance` to keep the low frequencies of a reference image.
+    :func:`ilvr_guidance` to keep the low frequencies of a reference image. ``clamp`` False returns the
+    raw sample (e.g. a residual).
     """
     if not 0.0 < strength <= 1.0:
         raise ConfigError(f"SDEdit strength must be in (0, 1], got {strength}")
@@ -162,7 +216,8 @@ def sdedit(
         scheduler.set_begin_index(begin)
     noise = randn_tensor(image.shape, generator=generator, device=image.device, dtype=image.dtype)
     noisy = scheduler.add_noise(image, noise, timesteps[:1].expand(image.shape[0]))
-    return _denoise(model, scheduler, noisy, timesteps, condition, generator, guidance)
+    edited = _denoise(model, scheduler, noisy, timesteps, condition, generator, guidance)
+    return edited.clamp(-1.0, 1.0) if clamp else edited
 
 
 def low_pass(image: torch.Tensor, factor: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ from safetensors.torch import save_model
 from xrlib.models.checkpoint import load_weights, read_config
 from xrlib.errors import CheckpointError, ConfigError
 from xrlib.io import atomic_path
-from xrlib.models.sampling import diffusion_loss, make_scheduler
+from xrlib.models.sampling import diffusion_loss, make_scheduler, to_diffusion_space
 from xrlib.models.training import train
 
 
@@ -89,7 +89,9 @@ def diffusion_loss_fn(schedule_config: Mapping[str, Any]):
     loss = schedule_config.get("loss", "l2")
 
     def loss_fn(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-        return diffusion_loss(model, scheduler, batch["image"], batch["seed"], batch.get("condition"), loss)
+        condition = batch.get("condition")
+        clean = to_diffusion_space(batch["image"], condition, schedule_config)
+        return diffusion_loss(model, scheduler, clean, batch["seed"], condition, loss)
 
     return loss_fn
 
