@@ -111,20 +111,6 @@ def test_blur_moves_the_spectrum_and_sharpness_toward_a_blurred_reference():
     assert 0 < bicubic["spectrum_fraction"] < full["spectrum_fraction"]
 
 
-def test_content_box_crops_a_drr_to_its_body(tmp_path):
-    from xrlib.lq.pairs import content_box
-
-    image = torch.zeros(40, 50)
-    image[5:30, 10:44] = 0.5
-    assert content_box(image, 0.05) == (5, 30, 10, 44)
-    save_png16(tmp_path / "drr.png", image.numpy())
-    square = load_display_stack([tmp_path / "drr.png"], 16, content_threshold=0.05)
-    assert square.shape == (1, 1, 16, 16) and float(square.min()) == pytest.approx(0.5, abs=0.01)
-    assert float(load_display_stack([tmp_path / "drr.png"], 16).min()) == 0.0  # uncropped: black air at the border
-    with pytest.raises(DataError, match="blank"):
-        content_box(torch.zeros(8, 8), 0.05)
-
-
 def test_twin_criteria_pass_a_blurred_twin_and_fail_a_different_image_or_an_unchanged_one():
     hq = textured_images(6, 64, seed=2)
     drrs = gaussian_blur(textured_images(6, 64, seed=3), 2.0)
@@ -264,8 +250,8 @@ def test_ddpm_lq_generator_is_deterministic_for_a_seed():
                        norm_num_groups=4).eval()
     hq = textured_images(1, 16, seed=6)
     for scheduler in (DDPMScheduler(num_train_timesteps=100), DDIMScheduler(num_train_timesteps=100)):
-        settings = replace(LQ_DDPM, strength=0.5, num_inference_steps=10, ilvr_factor=2)
-        ddpm_twin = pair_generators(unet, scheduler, settings, None, {})["ddpm"][0]
+        settings = replace(LQ_DDPM, num_inference_steps=10)
+        ddpm_twin = pair_generators(unet, scheduler, settings, {"strength": 0.5, "ilvr_factor": 2}, None, {})["ddpm"][0]
         first = ddpm_twin(hq, 3)
         assert first.shape == hq.shape and 0 <= first.min() and first.max() <= 1
         assert torch.equal(first, ddpm_twin(hq, 3))
@@ -361,8 +347,8 @@ def test_the_three_generators_make_pairs_and_their_checks(tmp_path):
                        norm_num_groups=4).eval()
     munit = Munit(MunitConfig(base_channels=4, n_downsample=1, n_res_blocks=1, mlp_dim=8, disc_channels=4, disc_layers=2, disc_scales=1)).eval()
     generators = pair_generators(unet, DDIMScheduler(num_train_timesteps=100),
-                                 replace(LQ_DDPM, strength=0.3, num_inference_steps=5, ilvr_factor=2, sampler="ddim"),
-                                 munit, {"steps": 0})
+                                 replace(LQ_DDPM, num_inference_steps=5, sampler="ddim"),
+                                 {"strength": 0.3, "ilvr_factor": 2}, munit, {"steps": 0})
     images = textured_images(2, 32, seed=8)
     table = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p1", "p2"], "split": ["val", "test"], "path": ["a.png", "b.png"]})
     for image_id, image in zip("ab", images):

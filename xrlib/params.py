@@ -316,9 +316,10 @@ class LqDdpmSettings:
     train: dict[str, Any] = setting(schema="xrlib.models.training.TrainConfig")
     sampler: SAMPLERS = "dpm_solver"
     num_inference_steps: int = setting(low=1)
-    strength: float = setting(above=0.0, high=1.0)
-    ilvr_factor: int = setting(low=0)
     strength_sweep: list[float] = setting(above=0.0, high=1.0)
+    """SDEdit strengths tried; 02 keeps the (strength, ILVR factor) that the twin checks pick."""
+    ilvr_sweep: list[int] = setting(low=0)
+    """ILVR factors tried (0: no guidance)."""
     gallery_count: int = setting(low=1)
 
 
@@ -516,7 +517,7 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"restorer.base.crop_px = {crop_px} exceeds pairs.hq_px = {pairs.hq_px}")
     _known("restorer.train_configs", restorer.train_configs, restorer.configs, "restorer.configs")
     _known("restore.configs", restore.configs, restorer.train_configs, "restorer.train_configs")
-    _known("restore.test_inputs", list(restore.test_inputs), restore.configs, "restore.configs")
+    _known("restore.configs", restore.configs, list(restore.test_inputs), "restore.test_inputs (the test sets each restores)")
     named = [c.format(generator=g) for c in metrics.restored_test.values() for g in metrics.degradations]
     _known("metrics.restored_test", named, restore.configs, "restore.configs")
     _known("metrics.restored_drr_config", [metrics.restored_drr_config], restore.configs, "restore.configs")

@@ -21,28 +21,9 @@ from xrlib.lq.twins import Translate
 from xrlib.io import load_png, save_png16, write_csv_atomic
 
 
-def content_box(image: torch.Tensor, threshold: float) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right), end-exclusive, of the pixels of a 2-D display image brighter than ``threshold``.
-
-    A DRR shows the body inside the CT's field of view on black air; cropping to this box gives it
-    the framing of a radiograph (the body fills the image), so domains are compared chest to chest.
-    """
-    rows = torch.nonzero(image.amax(dim=1) > threshold).flatten()
-    cols = torch.nonzero(image.amax(dim=0) > threshold).flatten()
-    if rows.numel() == 0:
-        raise DataError(f"no pixel above {threshold}: the image is blank; lower the content threshold")
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
-def load_square_display(path: str | Path, size_px: int, content_threshold: float | None = None) -> torch.Tensor:
-    """A display PNG as (1, 1, size_px, size_px): centre square crop (the lungs), then bicubic resize.
-
-    With ``content_threshold`` the image is first cropped to its :func:`content_box` (a DRR's body).
-    """
+def load_square_display(path: str | Path, size_px: int) -> torch.Tensor:
+    """A display PNG as (1, 1, size_px, size_px): centre square crop (the lungs), then bicubic resize."""
     image = torch.from_numpy(load_png(path))
-    if content_threshold is not None:
-        top, bottom, left, right = content_box(image, content_threshold)
-        image = image[top:bottom, left:right]
     height, width = image.shape
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
@@ -50,11 +31,11 @@ def load_square_display(path: str | Path, size_px: int, content_threshold: float
     return resize_bicubic(square[None, None], (size_px, size_px))
 
 
-def load_display_stack(paths: Sequence[str | Path], size_px: int, content_threshold: float | None = None) -> torch.Tensor:
-    """Several display PNGs as one (N, 1, size_px, size_px) tensor (see :func:`load_square_display`)."""
+def load_display_stack(paths: Sequence[str | Path], size_px: int) -> torch.Tensor:
+    """Several display PNGs as one (N, 1, size_px, size_px) tensor."""
     if not paths:
         raise DataError("no images to load; check the manifest (it lists no files)")
-    return torch.cat([load_square_display(p, size_px, content_threshold) for p in paths])
+    return torch.cat([load_square_display(p, size_px) for p in paths])
 
 
 def cut_tiles(square: torch.Tensor, tiles_per_side: int) -> list[torch.Tensor]:

@@ -49,17 +49,20 @@ def pair_generators(
     ddpm_unet: torch.nn.Module,
     ddpm_scheduler: Any,
     ddpm_settings: LqDdpmSettings,
+    ddpm_choice: Mapping[str, Any],
     munit_model: torch.nn.Module,
     munit_params: Mapping[str, Any],
 ) -> dict[str, tuple[Translate, dict[str, Any]]]:
     """The three generators for :func:`build_pairs`: bicubic, DDPM-LQ (SDEdit + ILVR) and MUNIT-LQ (sampled style).
 
-    DDPM-LQ is :func:`ddpm_translate` with the image's seed and the ``lq_ddpm`` settings' strength,
-    steps and ILVR factor; each generator's settings go to the pair manifest.
+    DDPM-LQ is :func:`ddpm_translate` with the image's seed, the ``lq_ddpm`` settings' steps and the
+    strength and ILVR factor of ``ddpm_choice`` (02_lq_ddpm's choice by the twin checks); each
+    generator's settings go to the pair manifest.
     """
     from xrlib.models.munit import translate_hq_to_lq
 
-    ddpm = {k: getattr(ddpm_settings, k) for k in ("strength", "num_inference_steps", "ilvr_factor")}
+    ddpm = {"strength": float(ddpm_choice["strength"]), "ilvr_factor": int(ddpm_choice["ilvr_factor"]),
+            "num_inference_steps": ddpm_settings.num_inference_steps}
 
     def ddpm_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
         return ddpm_translate(ddpm_unet, ddpm_scheduler, hq_small, seed=seed, **ddpm)
