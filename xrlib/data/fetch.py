@@ -17,21 +17,12 @@ from pathlib import Path
 
 from xrlib.data.registry import DatasetEntry, RegistryFile, embedded_default
 from xrlib.errors import ChecksumError, ConfigError, DataError
-from xrlib.io import write_bytes_atomic
+from xrlib.io import sha256_file, write_bytes_atomic
 
 
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _verified(data: bytes, file: RegistryFile, origin: str) -> bytes:
