@@ -258,3 +258,11 @@ def test_dvclive_rows_past_the_checkpoint_and_cut_rows_are_dropped_atomically(tm
     assert table.read_text() == "timestamp\tstep\tloss\n1\t1\t0.5\n2\t2\t0.4\n"
     drop_logged_after(tmp_path, 2)  # nothing to drop: not rewritten
     assert written == [table]
+
+
+def test_a_failing_run_with_a_mistyped_setting_deletes_nothing(tmp_path):
+    run_tiny_training(tmp_path, steps=5)
+    earlier = only_run(tmp_path)
+    with pytest.warns(UserWarning, match="are kept"), pytest.raises((TypeError, ConfigError)):
+        run_tiny_training(tmp_path, steps=5, learning_rate="1e-4")  # YAML 1.1 reads 1e-4 as text
+    assert [p.name for p in list_checkpoints(earlier)] == ["step-00000005"]
