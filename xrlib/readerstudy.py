@@ -130,7 +130,10 @@ def parse_ratings(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     no_rows = pd.DataFrame(columns=columns), pd.DataFrame(columns=list(PROBLEM_COLUMNS))
     if not path.exists() or path.stat().st_size == 0:
         return no_rows
-    lines = list(csv.reader(io.StringIO(_decode(path), newline="")))
+    try:
+        lines = list(csv.reader(io.StringIO(_decode(path), newline="")))
+    except csv.Error as error:
+        raise DataError(f"{path}: not a readable CSV ({error}); save it as a UTF-8 CSV") from error
     header = lines[0] if lines else []
     missing = [c for c in RATING_COLUMNS if c not in header]
     if missing:
