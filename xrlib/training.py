@@ -72,7 +72,7 @@ class TrainConfig:
     dvclive: bool = True
 
     def fingerprint(self, n_items: int) -> dict[str, Any]:
-        """What a resumed run must share with the run that wrote the checkpoint (not logging or workers)."""
+        """What a resumed run must share with the run that wrote the checkpoint (not steps, logging or workers)."""
         settings = {k: v for k, v in asdict(self).items() if k in RESULT_SETTINGS}
         return {**settings, "n_items": int(n_items)}
 
