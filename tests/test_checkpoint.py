@@ -1,17 +1,17 @@
 """Checkpoints: exact round trip, atomic visibility, refusal of foreign or tampered files."""
 
+import json
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
 import torch
 
 from xrlib.models.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
+    latest_checkpoint, list_checkpoints, load_checkpoint, load_latest_checkpoint, load_weights, save_checkpoint,
+    verify_checkpoint,
 )
 from xrlib.errors import CheckpointError
 
@@ -85,3 +85,42 @@ def test_tampered_files_are_refused_without_running_code(tmp_path):
     with pytest.raises(CheckpointError, match="tampered"):
         load_checkpoint(good, {"model": tiny_model()})
     assert not marker.exists()
+
+
+def test_checksums_catch_one_flipped_byte_before_anything_is_loaded(tmp_path):
+    saved = save_checkpoint(tmp_path, 1, {"model": tiny_model()}, config=CONFIG)
+    listing = json.loads((saved / "checksums.json").read_text())
+    assert sorted(listing) == ["model.safetensors", "training_state.pt"]
+    verify_checkpoint(saved)
+    state = bytearray((saved / "training_state.pt").read_bytes())
+    state[len(state) // 2] ^= 0x01
+    (saved / "training_state.pt").write_bytes(bytes(state))
+    target = tiny_model()
+    before = [t.clone() for t in target.state_dict().values()]
+    with pytest.raises(CheckpointError, match="training_state.pt: SHA-256 differs.*damaged or tampered"):
+        load_checkpoint(saved, {"model": target}, expected_config=CONFIG)
+    assert all(torch.equal(a, b) for a, b in zip(before, target.state_dict().values()))  # nothing loaded
+
+
+def test_latest_good_checkpoint_is_found_and_none_good_is_an_error(tmp_path):
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, {"model": tiny_model()}, config=CONFIG)
+    (tmp_path / "step-00000002" / "model.safetensors").write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="Moved it to damaged-step-00000002"):
+        folder, restored = load_latest_checkpoint(tmp_path, {"model": tiny_model()}, expected_config=CONFIG)
+    assert folder.name == "step-00000001" and restored["step"] == 1
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000001"]
+    (tmp_path / "step-00000001" / "checksums.json").write_text("{not json")
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="every checkpoint is damaged"):
+        load_latest_checkpoint(tmp_path, {"model": tiny_model()}, expected_config=CONFIG)
+    assert load_latest_checkpoint(tmp_path / "absent", {"model": tiny_model()}) is None
+
+
+def test_checkpoint_files_get_the_umask_mode(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        saved = save_checkpoint(tmp_path, 1, {"model": tiny_model()})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o750
+    assert {stat.S_IMODE(p.stat().st_mode) for p in saved.iterdir()} == {0o640}

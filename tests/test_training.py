@@ -1,5 +1,6 @@
 """The training loop: data order, EMA, LR schedule, learning, exact resume after SIGKILL, DDP on gloo."""
 
+import json
 import math
 import os
 import signal
@@ -18,7 +19,10 @@ import torch.multiprocessing as mp
 
 from xrlib.models.checkpoint import latest_checkpoint, list_checkpoints
 from xrlib.errors import ConfigError
-from xrlib.models.training import SeededBatches, TrainConfig, ema_decay_at, train, update_ema, warmup_cosine
+from xrlib.models import training
+from xrlib.models.training import (
+    SeededBatches, TrainConfig, drop_logged_after, ema_decay_at, train, update_ema, warmup_cosine,
+)
 
 torch.set_num_threads(1)  # the CI machine has 2 shared cores: more threads only spin
 
@@ -56,9 +60,9 @@ def denoising_loss(model, batch):
     return torch.nn.functional.mse_loss(prediction, batch["image"])
 
 
-def run_tiny_training(run_dir, steps, checkpoint_every=5, batch_size=4, on_step=None, dvclive=False):
+def run_tiny_training(run_dir, steps, checkpoint_every=5, batch_size=4, on_step=None, dvclive=False, learning_rate=1e-2):
     """Train the tiny denoiser on BlurredPairs; what both the tests and their subprocesses run."""
-    config = {"steps": steps, "batch_size": batch_size, "learning_rate": 1e-2, "warmup_steps": 3,
+    config = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "warmup_steps": 3,
               "checkpoint_every": checkpoint_every, "log_every": 1, "ema_decay": 0.9, "seed": 7,
               "progress": False, "dvclive": dvclive}
     return train(tiny_denoiser(), denoising_loss, BlurredPairs(), config, run_dir, MODEL_CONFIG, on_step=on_step)
@@ -190,12 +194,75 @@ def only_run(run_dir):
     return folder
 
 
-def test_other_settings_start_afresh_and_drop_stale_checkpoints(tmp_path):
+def test_other_settings_start_a_new_run_and_keep_the_earlier_one(tmp_path):
     first = run_tiny_training(tmp_path / "changed", steps=5)
-    stale = only_run(tmp_path / "changed")
-    changed = run_tiny_training(tmp_path / "changed", steps=8)
-    fresh = run_tiny_training(tmp_path / "fresh", steps=8)
-    assert only_run(tmp_path / "changed") != stale and not stale.exists()
-    assert changed["history"][0][0] == fresh["history"][0][0] and first["step"] == 5 and changed["step"] == 8
+    earlier = only_run(tmp_path / "changed")
+    with pytest.warns(UserWarning, match=f"earlier runs {earlier.name} are kept"):
+        changed = run_tiny_training(tmp_path / "changed", steps=8, learning_rate=5e-3)
+    fresh = run_tiny_training(tmp_path / "fresh", steps=8, learning_rate=5e-3)
+    runs = sorted((tmp_path / "changed" / "checkpoints").iterdir())
+    assert len(runs) == 2 and earlier in runs and latest_checkpoint(earlier).name == "step-00000005"
+    assert json.loads((earlier / "identity.json").read_text())["settings"]["learning_rate"] == 1e-2
+    assert changed["history"][0][0] == fresh["history"][0][0] == 1 and first["step"] == 5 and changed["step"] == 8
     for a, b in zip(changed["model"].state_dict().values(), fresh["model"].state_dict().values()):
         torch.testing.assert_close(a, b)
+    # setting the learning rate back resumes the earlier run where it stopped
+    back = run_tiny_training(tmp_path / "changed", steps=7)
+    assert [step for step, _ in back["history"]] == [6, 7]
+
+
+def test_more_steps_continue_the_run_and_fewer_are_refused(tmp_path):
+    run_tiny_training(tmp_path, steps=5)
+    extended = run_tiny_training(tmp_path, steps=10)
+    assert [step for step, _ in extended["history"]] == list(range(6, 11))
+    assert [p.name for p in list_checkpoints(only_run(tmp_path))] == ["step-00000005", "step-00000010"]
+    with pytest.raises(ConfigError, match="already reached step 10, past steps = 8; set steps >= 10"):
+        run_tiny_training(tmp_path, steps=8)
+    assert [p.name for p in list_checkpoints(only_run(tmp_path))] == ["step-00000005", "step-00000010"]
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_and_says_so(tmp_path):
+    straight = run_tiny_training(tmp_path / "straight", steps=10)
+    run_tiny_training(tmp_path / "damaged", steps=10)
+    run = only_run(tmp_path / "damaged")
+    weights = run / "step-00000010" / "model.safetensors"
+    flipped = bytearray(weights.read_bytes())
+    flipped[-5] ^= 0x40  # one bit of one weight
+    weights.write_bytes(bytes(flipped))
+    with pytest.warns(UserWarning, match="step-00000010/model.safetensors: SHA-256 differs.*damaged-step-00000010"):
+        resumed = run_tiny_training(tmp_path / "damaged", steps=10)
+    assert [step for step, _ in resumed["history"]] == list(range(6, 11))  # redone from step 5
+    for key, tensor in straight["model"].state_dict().items():
+        torch.testing.assert_close(resumed["model"].state_dict()[key], tensor, rtol=1e-6, atol=1e-7)
+    assert (run / "damaged-step-00000010").is_dir() and (run / "step-00000010").is_dir()
+
+
+def test_staging_left_by_a_kill_during_a_save_is_removed(tmp_path):
+    run_tiny_training(tmp_path, steps=5)
+    staging = only_run(tmp_path) / ".step-00000010.k1ll3d"
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"half")
+    run_tiny_training(tmp_path, steps=6)
+    assert not staging.exists()
+    assert [p.name for p in list_checkpoints(only_run(tmp_path))] == ["step-00000005", "step-00000006"]
+
+
+def test_dvclive_rows_past_the_checkpoint_and_cut_rows_are_dropped_atomically(tmp_path, monkeypatch):
+    table = tmp_path / "plots" / "metrics" / "train" / "loss.tsv"
+    table.parent.mkdir(parents=True)
+    table.write_text("timestamp\tstep\tloss\n1\t1\t0.5\n2\t2\t0.4\n3\t3\t0.3\n4\t4")
+    written = []
+    monkeypatch.setattr(training, "write_text_atomic", lambda path, text: written.append(path) or path.write_text(text))
+    drop_logged_after(tmp_path, 2)
+    assert written == [table]
+    assert table.read_text() == "timestamp\tstep\tloss\n1\t1\t0.5\n2\t2\t0.4\n"
+    drop_logged_after(tmp_path, 2)  # nothing to drop: not rewritten
+    assert written == [table]
+
+
+def test_a_failing_run_with_a_mistyped_setting_deletes_nothing(tmp_path):
+    run_tiny_training(tmp_path, steps=5)
+    earlier = only_run(tmp_path)
+    with pytest.warns(UserWarning, match="are kept"), pytest.raises((TypeError, ConfigError)):
+        run_tiny_training(tmp_path, steps=5, learning_rate="1e-4")  # YAML 1.1 reads 1e-4 as text
+    assert [p.name for p in list_checkpoints(earlier)] == ["step-00000005"]

@@ -23,3 +23,7 @@ class CheckpointError(XRLibError):
 
 class GeometryError(XRLibError):
     """A projection or placement geometry cannot be realised (nodule does not fit, absurd spacing)."""
+
+
+class DegenerateDataWarning(UserWarning):
+    """A statistic is undefined (NaN) for these data; the message says why and what would define it."""

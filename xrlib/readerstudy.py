@@ -14,7 +14,10 @@ buttons; lung-field clarity improved; significant noise increase), a 5-point rea
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import io
+import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,8 +54,20 @@ QUESTIONS = (
     Question("nodule_confidence", "Confidence that a nodule is present (0 = surely absent, 100 = surely present)", 0, 100),
 )
 QUESTION_KEYS = tuple(q.key for q in QUESTIONS)
-RATING_COLUMNS = ("reader", "case_id", "answered_at", *QUESTION_KEYS)
+RATING_COLUMNS = ("reader", "case_id", "deck_id", "answered_at", *QUESTION_KEYS)
 CONDITION_COLUMNS = ("source_id", "condition", "image_path", "truth")
+PROBLEM_COLUMNS = ("source", "line", "reader", "case_id", "problem")
+DECK_COLUMNS = ("case_id", "image_path", "reference_path")
+
+
+def deck_fingerprint(deck: pd.DataFrame) -> str:
+    """A short SHA-256 of what readers see (case ids, images, references, in order): the deck's id.
+
+    Stored in the key (``deck_id``) and in every rating, so ratings are only ever joined with the
+    key of the deck they were given against.
+    """
+    shown = deck.loc[:, list(DECK_COLUMNS)].fillna("").astype(str)
+    return hashlib.sha256(shown.to_csv(index=False).encode("utf-8")).hexdigest()[:16]
 
 
 def build_deck(conditions: pd.DataFrame, seed: int, id_prefix: str = "case") -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -62,7 +77,8 @@ def build_deck(conditions: pd.DataFrame, seed: int, id_prefix: str = "case") -> 
     its versions under each condition), ``condition``, ``image_path``, ``truth`` (1 nodule
     present, 0 absent) and optionally ``reference_path`` (shown beside it for the comparative
     questions). Returns ``deck`` (case_id, image_path, reference_path: what readers see, in
-    presentation order) and ``key`` (case_id, source_id, condition, truth).
+    presentation order) and ``key`` (case_id, source_id, condition, truth, deck_id: the deck's
+    :func:`deck_fingerprint`).
     """
     missing = [c for c in CONDITION_COLUMNS if c not in conditions.columns]
     if missing:
@@ -80,7 +96,8 @@ def build_deck(conditions: pd.DataFrame, seed: int, id_prefix: str = "case") -> 
     deck = pd.DataFrame({"case_id": case_ids, "image_path": shuffled["image_path"].astype(str),
                          "reference_path": reference.fillna("").astype(str).to_numpy()})
     key = pd.DataFrame({"case_id": case_ids, "source_id": shuffled["source_id"].to_numpy(),
-                        "condition": shuffled["condition"].to_numpy(), "truth": shuffled["truth"].astype(int).to_numpy()})
+                        "condition": shuffled["condition"].to_numpy(), "truth": shuffled["truth"].astype(int).to_numpy(),
+                        "deck_id": deck_fingerprint(deck)})
     return deck, key
 
 
@@ -90,29 +107,103 @@ def write_deck(deck: pd.DataFrame, key: pd.DataFrame, folder: str | os.PathLike)
     return write_csv_atomic(folder / "deck.csv", deck), write_csv_atomic(folder / "key.csv", key)
 
 
-def read_ratings(path: str | os.PathLike) -> pd.DataFrame:
-    """A reader's ratings CSV as strings (empty frame with the schema's columns if it does not exist)."""
+def _decode(path: Path) -> str:
+    """A text file's content: UTF-8 (with or without BOM) or UTF-16 with a BOM."""
+    data = path.read_bytes()
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 or UTF-16 text ({error}); save it as a UTF-8 CSV") from error
+
+
+def parse_ratings(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A reader's ratings CSV as strings with each row's file ``line``, and the rows it cannot use.
+
+    UTF-8 and UTF-16 (with BOM) are read; an absent or 0-byte file has no rows. A row with the
+    wrong number of fields is a problem (source, line, reader, case_id, problem) and never stops
+    the other rows from being read.
+    """
     path = Path(path)
-    if not path.exists():
-        return pd.DataFrame(columns=list(RATING_COLUMNS))
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in RATING_COLUMNS if c not in frame.columns]
+    columns = [*RATING_COLUMNS, "line"]
+    no_rows = pd.DataFrame(columns=columns), pd.DataFrame(columns=list(PROBLEM_COLUMNS))
+    if not path.exists() or path.stat().st_size == 0:
+        return no_rows
+    try:
+        lines = list(csv.reader(io.StringIO(_decode(path), newline="")))
+    except csv.Error as error:
+        raise DataError(f"{path}: not a readable CSV ({error}); save it as a UTF-8 CSV") from error
+    header = lines[0] if lines else []
+    missing = [c for c in RATING_COLUMNS if c not in header]
     if missing:
-        raise DataError(f"{path}: ratings file lacks columns {missing}; expected {list(RATING_COLUMNS)}")
-    return frame
+        raise DataError(f"{path}: ratings file lacks columns {missing}; expected {list(RATING_COLUMNS)}"
+                        + (" (a file from before decks were fingerprinted: add the deck_id of the deck it was "
+                           "rated against, from key.csv)" if missing == ["deck_id"] else ""))
+    rows, problems = [], []
+    for number, fields in enumerate(lines[1:], start=2):
+        if not fields:
+            continue  # a blank line
+        if len(fields) != len(header):
+            record = dict(zip(header, fields))
+            problems.append({"source": path.name, "line": number, "reader": record.get("reader", ""),
+                             "case_id": record.get("case_id", ""),
+                             "problem": f"{len(fields)} fields where the header has {len(header)}"})
+            continue
+        rows.append({**dict(zip(header, fields)), "line": number})
+    return (pd.DataFrame(rows, columns=columns) if rows else no_rows[0],
+            pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)))
 
 
-def append_answer(path: str | os.PathLike, reader: str, case_id: str, answers: dict) -> Path:
-    """Append one case's answers to the reader's CSV; the whole file is replaced atomically."""
+def study_deck_note(key: pd.DataFrame, ratings_folder: str | os.PathLike) -> str:
+    """Say whether a freshly built deck (its ``key``) is the deck of the study under ``ratings_folder``.
+
+    Empty when there is no study key there or it is the same deck; otherwise a note that the
+    ratings there stay bound to their own key.csv (never re-mapped onto the new deck's case ids).
+    """
+    study_key = Path(ratings_folder) / "key.csv"
+    if not study_key.is_file():
+        return ""
+    study_decks = set(pd.read_csv(study_key, dtype=str).get("deck_id", pd.Series(["(none)"])))
+    if study_decks == {key["deck_id"].iloc[0]}:
+        return ""
+    return (f"the deck built now ({key['deck_id'].iloc[0]}) is not the deck of the ratings under {ratings_folder} "
+            f"({', '.join(sorted(study_decks))}); they are analysed with their own key.csv: do not copy the new "
+            "key.csv there, give readers the new deck with new ratings files")
+
+
+def read_ratings(path: str | os.PathLike) -> pd.DataFrame:
+    """A reader's ratings CSV as strings, one row per well-formed line (see :func:`parse_ratings`)."""
+    return parse_ratings(path)[0].drop(columns="line")
+
+
+def ratings_deck(path: str | os.PathLike) -> str | None:
+    """The deck id a ratings file was made for (None when it has no rows); one deck per file."""
+    decks = set(read_ratings(path)["deck_id"])
+    if len(decks) > 1:
+        raise DataError(f"{path}: holds ratings of several decks {sorted(decks)}; keep one file per deck")
+    return decks.pop() if decks else None
+
+
+def append_answer(path: str | os.PathLike, reader: str, case_id: str, answers: dict, deck_id: str) -> Path:
+    """Append one case's answers, made against deck ``deck_id``, to the reader's CSV (replaced atomically).
+
+    A file holding answers to another deck is refused: each ratings file belongs to one deck.
+    """
     problems = answer_problems(answers)
     if problems:
         raise DataError(f"answers for {case_id}: {'; '.join(problems)}")
     path = Path(path)
-    row = {"reader": reader, "case_id": case_id,
+    file_deck = ratings_deck(path)
+    if file_deck not in (None, deck_id):
+        raise DataError(f"{path}: holds ratings of deck {file_deck}, not of this deck {deck_id}; "
+                        "rate this deck into a new file")
+    row = {"reader": reader, "case_id": case_id, "deck_id": deck_id,
            "answered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            **{key: int(answers[key]) for key in QUESTION_KEYS}}
-    line = pd.DataFrame([row], columns=list(RATING_COLUMNS)).to_csv(index=False, header=not path.exists())
-    existing = path.read_bytes() if path.exists() else b""
+    empty = not path.exists() or path.stat().st_size == 0
+    line = pd.DataFrame([row], columns=list(RATING_COLUMNS)).to_csv(index=False, header=empty)
+    existing = b"" if empty else _decode(path).encode("utf-8")
     if existing and not existing.endswith(b"\n"):
         existing += b"\n"
     return write_bytes_atomic(path, existing + line.encode("utf-8"))
@@ -131,13 +222,20 @@ def answer_problems(answers: dict) -> list[str]:
         except (TypeError, ValueError):
             problems.append(f"{question.key}={value!r} is not a number")
             continue
-        if number != int(number) or not question.low <= number <= question.high:
+        if not math.isfinite(number) or number != int(number) or not question.low <= number <= question.high:
             problems.append(f"{question.key}={value!r} is outside the integers {question.low}..{question.high}")
     return problems
 
 
 def remaining_cases(deck: pd.DataFrame, ratings_path: str | os.PathLike) -> list[str]:
-    """Case ids of the deck not yet answered in the ratings file, in presentation order."""
+    """Case ids of the deck not yet answered in the ratings file, in presentation order.
+
+    A ratings file made for another deck is refused (its case ids would name other images).
+    """
+    file_deck, deck_id = ratings_deck(ratings_path), deck_fingerprint(deck)
+    if file_deck not in (None, deck_id):
+        raise DataError(f"{ratings_path}: holds ratings of deck {file_deck}, not of this deck {deck_id}; "
+                        "give this reader a new ratings file for this deck")
     answered = set(read_ratings(ratings_path)["case_id"])
     return [case for case in deck["case_id"] if case not in answered]
 
@@ -145,20 +243,25 @@ def remaining_cases(deck: pd.DataFrame, ratings_path: str | os.PathLike) -> list
 def validate_ratings(ratings: pd.DataFrame, deck: pd.DataFrame, source: str = "ratings") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a ratings table into good rows (typed) and problems naming every bad row.
 
-    A row is bad if its case is not in the deck, any answer is missing or out of range, or it
-    repeats an earlier row's (reader, case) (the first is kept). ``problems`` has the file line
-    (header = line 1), reader, case_id and what is wrong.
+    ``deck`` is the deck or its key (case_id, and deck_id for a key). A row is bad if it was made
+    for another deck, its case is not in the deck, any answer is missing, not finite or out of
+    range, or it repeats an earlier row's (reader, case) (the first is kept). ``problems`` has the
+    file line (header = line 1; from a ``line`` column where given), reader, case_id and what is wrong.
     """
     missing = [c for c in RATING_COLUMNS if c not in ratings.columns]
     if missing:
         raise DataError(f"{source}: lacks columns {missing}; expected {list(RATING_COLUMNS)}")
     known = set(deck["case_id"])
+    deck_id = deck["deck_id"].iloc[0] if "deck_id" in deck.columns and len(deck) else deck_fingerprint(deck)
     seen: dict[tuple, int] = {}
     good_rows, problems = [], []
     for position, row in enumerate(ratings.to_dict("records")):
-        line = position + 2
+        line = int(row.get("line", position + 2))
         issues = []
-        if row["case_id"] not in known:
+        if row["deck_id"] != deck_id:
+            issues.append(f"made for deck {row['deck_id']!r}, not this deck {deck_id!r} (analyse it with the "
+                          "key.csv of its own deck)")
+        elif row["case_id"] not in known:
             issues.append(f"unknown case {row['case_id']!r}")
         issues += answer_problems(row)
         identity = (row["reader"], row["case_id"])
@@ -172,32 +275,50 @@ def validate_ratings(ratings: pd.DataFrame, deck: pd.DataFrame, source: str = "r
         good_rows.append(row)
     good = pd.DataFrame(good_rows, columns=list(RATING_COLUMNS))
     good[list(QUESTION_KEYS)] = good[list(QUESTION_KEYS)].astype(float).astype(int)
-    problem_table = pd.DataFrame(problems, columns=["source", "line", "reader", "case_id", "problem"])
-    return good, problem_table
+    return good, pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS))
 
 
 def load_ratings_folder(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Validated human ratings from a folder holding ``key.csv`` and one ``*.csv`` per reader.
 
     Returns (ratings joined with the key: source_id, condition, truth; problems; key). An absent
-    or empty folder gives empty tables.
+    or empty folder gives empty tables. Every bad row, and every file that cannot be read (not
+    UTF-8/UTF-16, 0 bytes, no header), is a problem row (line 0 for a whole file); the good rows
+    of every file are kept. Ratings made for another deck than the key's are problems too.
     """
     folder = Path(folder)
     key_path = folder / "key.csv"
     reader_files = sorted(p for p in folder.glob("*.csv") if p.name not in ("key.csv", "deck.csv")) if folder.is_dir() else []
     if not reader_files:
         empty = pd.DataFrame(columns=[*RATING_COLUMNS, "source_id", "condition", "truth"])
-        return empty, pd.DataFrame(columns=["source", "line", "reader", "case_id", "problem"]), pd.DataFrame()
+        return empty, pd.DataFrame(columns=list(PROBLEM_COLUMNS)), pd.DataFrame()
     if not key_path.exists():
         raise DataError(f"{folder}: ratings need the deck's key.csv beside them (from write_deck)")
-    key = pd.read_csv(key_path, dtype={"case_id": str})
+    key = pd.read_csv(key_path, dtype={"case_id": str, "deck_id": str})
+    if "deck_id" not in key.columns:
+        raise DataError(f"{key_path}: has no deck_id column (written before decks were fingerprinted); "
+                        "rebuild the key with build_deck from the same conditions and seed")
     good, problems = [], []
     for path in reader_files:
-        rows, issues = validate_ratings(read_ratings(path), key, source=path.name)
+        if path.stat().st_size == 0:
+            problems.append(pd.DataFrame([{"source": path.name, "line": 0, "reader": "", "case_id": "",
+                                           "problem": "empty file (0 bytes): no ratings"}]))
+            continue
+        try:
+            rows, malformed = parse_ratings(path)
+        except DataError as error:
+            problems.append(pd.DataFrame([{"source": path.name, "line": 0, "reader": "", "case_id": "",
+                                           "problem": str(error)}]))
+            continue
+        rows, issues = validate_ratings(rows, key, source=path.name)
         good.append(rows)
-        problems.append(issues)
-    ratings = pd.concat(good, ignore_index=True).merge(key, on="case_id", how="left")
-    return ratings, pd.concat(problems, ignore_index=True), key
+        problems += [malformed, issues]
+    columns = [*RATING_COLUMNS, "source_id", "condition", "truth"]
+    ratings = (pd.concat(good, ignore_index=True).merge(key.drop(columns="deck_id"), on="case_id", how="left")
+               if good else pd.DataFrame(columns=columns))
+    problem_table = pd.concat([p for p in problems if len(p)], ignore_index=True) if any(len(p) for p in problems) \
+        else pd.DataFrame(columns=list(PROBLEM_COLUMNS))
+    return ratings, problem_table.sort_values(["source", "line"], ignore_index=True), key
 
 
 def ratings_to_readings(ratings: pd.DataFrame, rating: str = "nodule_confidence") -> pd.DataFrame:
@@ -231,6 +352,7 @@ class RatingWidget:
         import ipywidgets as widgets
 
         self.deck = deck.set_index("case_id", drop=False)
+        self.deck_id = deck_fingerprint(deck)
         self.ratings_path = Path(ratings_path)
         self.reader = reader
         self.max_size_px = max_size_px
@@ -286,7 +408,7 @@ class RatingWidget:
         if problems:
             self.status.value = "Please answer every question: " + "; ".join(problems)
             return
-        append_answer(self.ratings_path, self.reader, self.current_case, answers)
+        append_answer(self.ratings_path, self.reader, self.current_case, answers, self.deck_id)
         self.queue.pop(0)
         self._show_current()
 

@@ -79,6 +79,7 @@ def load_ct(
     image_path = Path(image_path)
     if not image_path.exists():
         raise DataError(f"{image_path}: CT not found; check the path in the CT manifest")
+    hidden_non_finite = _check_nifti(image_path)
     subject_images = {"image": tio.ScalarImage(image_path)}
     if label_path:
         if not Path(label_path).exists():
@@ -90,7 +91,7 @@ def load_ct(
     except (RuntimeError, OSError, ValueError) as error:
         raise DataError(f"{image_path}: not a readable CT ({error}); replace or re-export it") from error
     affine = np.asarray(subject["image"].affine, dtype=np.float64)
-    bad = int((~torch.isfinite(hu)).sum()) + _nans_hidden_by_reader(image_path)
+    bad = max(int((~torch.isfinite(hu)).sum()), hidden_non_finite)
     if bad:
         raise DataError(
             f"{image_path}: {bad} voxels are NaN or infinite; re-export the CT or fill them "
@@ -114,16 +115,35 @@ def load_ct(
     return CTVolume(hu=hu.clamp(*clamp_hu), affine=affine, source=str(image_path), labels=labels)
 
 
-def _nans_hidden_by_reader(path: Path) -> int:
-    """NaNs in a floating-point NIfTI, which torchio's ITK reader silently turns into numbers."""
+def _check_nifti(path: Path) -> int:
+    """Check a NIfTI for what torchio's ITK reader silently hides; return its NaN/inf voxel count.
+
+    The ITK reader fills the missing voxels of a file cut short (with 0 or -1024 HU), turns NaN
+    and infinities into numbers, and reads a spacing of 0 as 1 mm. Here nibabel reads the raw
+    header (unrepaired) and every voxel: a short file or a zero spacing raises a DataError.
+    Other formats return 0 (nothing to add to torchio's own checks).
+    """
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         return 0
-    import nibabel
+    import zlib
 
-    image = nibabel.load(str(path))
-    if not np.issubdtype(image.get_data_dtype(), np.floating):
-        return 0  # integer CTs cannot hold NaN
-    return int(np.isnan(np.asarray(image.dataobj, dtype=np.float32)).sum())
+    import nibabel
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.openers import ImageOpener
+
+    try:
+        image = nibabel.load(str(path))
+        with ImageOpener(str(path)) as handle:
+            raw_header = image.header_class.from_fileobj(handle, check=False)
+        voxels = np.asarray(image.dataobj, dtype=np.float32)
+    except (OSError, EOFError, ValueError, ImageFileError, zlib.error) as error:
+        raise DataError(f"{path}: the NIfTI is cut short or damaged ({str(error).splitlines()[0]}); "
+                        "re-export or copy the CT again") from error
+    spacing = np.asarray(raw_header["pixdim"][1:4], dtype=np.float64)[: min(3, voxels.ndim)]
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise DataError(f"{path}: voxel spacing {spacing.tolist()} mm in the header (pixdim) is not positive; "
+                        "fix the spacing in the file (a spacing of 0 is not 1 mm)")
+    return int((~np.isfinite(voxels)).sum())
 
 
 def lung_labels(ct: CTVolume, lung_label_values=TOTALSEGMENTATOR_LUNG_LOBES) -> torch.Tensor | None:

@@ -17,21 +17,12 @@ from pathlib import Path
 
 from xrlib.data.registry import DatasetEntry, RegistryFile, embedded_default
 from xrlib.errors import ChecksumError, ConfigError, DataError
-from xrlib.io import write_bytes_atomic
+from xrlib.io import sha256_file, write_bytes_atomic
 
 
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _verified(data: bytes, file: RegistryFile, origin: str) -> bytes:
@@ -124,7 +115,11 @@ def fetch_default(data_root: str | os.PathLike, wheel_dir: str | os.PathLike | N
 
 
 def check_default(data_root: str | os.PathLike) -> None:
-    """Raise a DataError saying how to fetch if the default data are missing or altered."""
+    """Raise a DataError saying how to restore them if the default data are missing or altered.
+
+    Every file's SHA-256 is compared with the registry's, so one changed byte stops stage 00
+    before anything is computed from it.
+    """
     data_root = Path(data_root)
     if not data_root.is_dir():
         raise DataError(f"{data_root}: no data folder; run `xrlib fetch` (or `python3 compendium.py repro`) first")
@@ -133,3 +128,8 @@ def check_default(data_root: str | os.PathLike) -> None:
             target = data_root / file.target
             if not target.is_file():
                 raise DataError(f"{target}: missing; run `xrlib fetch` to restore the default data")
+            actual = sha256_file(target)
+            if actual != file.sha256:
+                raise ChecksumError(f"{target}: SHA-256 {actual[:16]}... differs from the registry's "
+                                    f"{file.sha256[:16]}... ({entry.name}): the file was altered or damaged. "
+                                    "Run `xrlib fetch` to restore the default data (it also re-records data.dvc)")

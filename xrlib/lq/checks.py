@@ -38,7 +38,7 @@ def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
 def spectrum_shape(images: torch.Tensor) -> torch.Tensor:
     """Mean over images of log10 of the radial power spectrum normalised to unit total power (its shape, not its contrast).
 
-    Spectra are :func:`xrlib.metrics.radial_power_spectrum` of square (B, 1, N, N) images, N/2 bins.
+    Spectra are :func:`xrlib.eval.realism.radial_power_spectrum` of square (B, 1, N, N) images, N/2 bins.
     """
     if images.shape[-2] != images.shape[-1]:
         raise DataError(f"spectrum_shape needs square images, got {tuple(images.shape[-2:])}")

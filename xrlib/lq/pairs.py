@@ -97,7 +97,7 @@ def build_pairs(
     is (translate, params): the LQ twin of a tile is ``translate(HQ tile at lq_px, seed + tile
     index)``, its params go to the manifest as JSON. Files: ``output_dir/hq/<tile_id>.png``,
     ``output_dir/<generator>/<tile_id>.png``; the manifest ``output_dir/pairs.csv`` (columns
-    :data:`xrlib.pairs_dataset.PAIR_COLUMNS`, paths relative to ``root``).
+    :data:`xrlib.data.pairs.PAIR_COLUMNS`, paths relative to ``root``).
     """
     if lq_px >= hq_px:
         raise ConfigError(f"pairs: lq_px {lq_px} must be smaller than hq_px {hq_px}")

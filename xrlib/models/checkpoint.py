@@ -4,7 +4,10 @@ A checkpoint is a folder ``step-00000100/`` holding one ``<name>.safetensors`` p
 architecture config in the safetensors metadata) and ``training_state.pt`` (optimizers, LR
 schedulers, RNG states, step, extra), which is read back with ``torch.load(weights_only=True)``.
 The folder is written under a temporary name and renamed when complete, so a run killed at any
-moment leaves either the whole checkpoint or none; :func:`latest_checkpoint` sees only whole ones.
+moment leaves either the whole checkpoint or none; :func:`latest_checkpoint` sees only whole ones,
+and the next save removes the staging folders such a kill leaves behind. ``checksums.json``
+holds every file's SHA-256: a damaged checkpoint is refused before anything is read from it, and
+:func:`load_latest_checkpoint` then falls back to the previous good one and says so.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import random
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,9 +28,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, safe_open, save_model
 
 from xrlib.errors import CheckpointError
+from xrlib.io import sha256_file, umask_mode
 
 STEP_FOLDER = re.compile(r"^step-(\d{8})$")
+STAGING_FOLDER = re.compile(r"^\.step-\d{8}\.")
 TRAINING_STATE = "training_state.pt"
+CHECKSUMS = "checksums.json"
+DAMAGED_PREFIX = "damaged-"
 
 
 def _rng_state() -> dict[str, Any]:
@@ -72,8 +80,10 @@ def save_checkpoint(
     """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
+    remove_staging(root)
     final = root / f"step-{step:08d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    os.chmod(staging, umask_mode(directory=True))
     try:
         metadata = {"config": json.dumps(dict(config or {}), sort_keys=True), "step": str(step)}
         for name, module in modules.items():
@@ -86,6 +96,10 @@ def save_checkpoint(
             "extra_json": json.dumps(dict(extra or {}), sort_keys=True),
         }
         torch.save(state, staging / TRAINING_STATE)
+        digests = {f.name: sha256_file(f) for f in sorted(staging.iterdir())}
+        (staging / CHECKSUMS).write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
+        for written in staging.iterdir():
+            os.chmod(written, umask_mode())  # some writers create files 0600
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
@@ -95,6 +109,38 @@ def save_checkpoint(
     for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_staging(directory: str | os.PathLike) -> list[Path]:
+    """Delete the staging folders (``.step-*.*``) a kill during a save left under ``directory``."""
+    root = Path(directory)
+    stale = [p for p in root.iterdir() if p.is_dir() and STAGING_FOLDER.match(p.name)] if root.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
+def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
+    """Check every file of a checkpoint against its ``checksums.json``; CheckpointError if one differs.
+
+    Checkpoints written before checksums were stored are let through with a warning.
+    """
+    folder = Path(checkpoint)
+    listing = folder / CHECKSUMS
+    if not listing.is_file():
+        warnings.warn(f"{folder}: no {CHECKSUMS} (written by an older xrlib); its content cannot be verified",
+                      stacklevel=2)
+        return
+    try:
+        expected = json.loads(listing.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{listing}: unreadable ({error}); the checkpoint is damaged or tampered with") from error
+    for name, digest in sorted(expected.items()):
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing; the checkpoint is incomplete, damaged or tampered with")
+        if sha256_file(path) != digest:
+            raise CheckpointError(f"{path}: SHA-256 differs from {CHECKSUMS}; the checkpoint is damaged or tampered with")
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
@@ -161,9 +207,16 @@ def load_checkpoint(
     schedulers: Mapping[str, Any] | None = None,
     expected_config: Mapping[str, Any] | None = None,
     restore_rng: bool = True,
+    verify: bool = True,
 ) -> dict[str, Any]:
-    """Restore a checkpoint folder into the given objects; return ``{"step", "extra"}``."""
+    """Restore a checkpoint folder into the given objects; return ``{"step", "extra"}``.
+
+    Unless ``verify`` is False (the caller just did it), the folder's checksums are verified
+    first (:func:`verify_checkpoint`), so a damaged file is refused before any object changes.
+    """
     folder = Path(checkpoint)
+    if verify:
+        verify_checkpoint(folder)
     for name, module in modules.items():
         load_weights(folder / f"{name}.safetensors", module, expected_config)
     state_path = folder / TRAINING_STATE
@@ -181,3 +234,44 @@ def load_checkpoint(
     if restore_rng:
         _set_rng_state(state["rng"])
     return {"step": int(state["step"]), "extra": json.loads(state["extra_json"])}
+
+
+def load_latest_checkpoint(
+    directory: str | os.PathLike,
+    modules: Mapping[str, torch.nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    expected_config: Mapping[str, Any] | None = None,
+    move_damaged: bool = True,
+) -> tuple[Path, dict[str, Any]] | None:
+    """Restore the newest good checkpoint under ``directory``; None when there is none.
+
+    A checkpoint whose files differ from its checksums is skipped, with a warning naming it, and
+    the previous one is tried; with ``move_damaged`` (one process only, e.g. rank 0) it is renamed
+    ``damaged-step-...``, kept for inspection and never loaded again.
+    Raises CheckpointError when checkpoints exist but none is intact, or the newest intact one
+    does not fit (another architecture). Returns (the folder restored, ``{"step", "extra"}``).
+    """
+    found = list_checkpoints(directory)
+    damaged = []
+    for folder in reversed(found):
+        try:
+            verify_checkpoint(folder)
+        except CheckpointError as error:
+            aside = folder.with_name(DAMAGED_PREFIX + folder.name)
+            if move_damaged:
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(folder, aside)
+            damaged.append(aside)
+            warnings.warn(f"{error}. {'Moved it to ' + aside.name if move_damaged else 'Skipped it'}; "
+                          "trying the previous checkpoint", stacklevel=2)
+            continue
+        restored = load_checkpoint(folder, modules, optimizers, schedulers, expected_config, verify=False)
+        if damaged:
+            warnings.warn(f"resumed from {folder.name}, the newest good checkpoint (damaged: "
+                          f"{', '.join(p.name for p in damaged)})", stacklevel=2)
+        return folder, restored
+    if damaged:
+        raise CheckpointError(f"{directory}: every checkpoint is damaged ({', '.join(p.name for p in damaged)}); "
+                              "start afresh by moving the folder aside, or restore it from a copy")
+    return None

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from xrlib.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from xrlib.models.checkpoint import load_checkpoint, load_latest_checkpoint, save_checkpoint
 from xrlib.models.sampling import low_pass
-from xrlib.models.training import run_checkpoints
+from xrlib.models.training import check_steps_reached, drop_logged_after, run_checkpoints
 from xrlib.errors import ConfigError
 
 
@@ -362,10 +362,11 @@ def train_munit(
 ) -> Munit:
     """Train MUNIT on unpaired HQ (domain a) and LQ (domain b) display images (N, 1, H, W) in [0, 1].
 
-    Resumes from the newest checkpoint of the same run identity under ``checkpoint_dir`` (see
-    :func:`xrlib.models.training.run_checkpoints`; weights, optimizers, schedulers, RNG),
-    so an interrupted run, restarted, reproduces a straight run exactly; ``training.steps`` is the
-    total, and a finished run returns at once. Batches are random crops (global torch RNG, seeded).
+    Resumes from the newest good checkpoint of the same run identity under ``checkpoint_dir`` (see
+    :func:`xrlib.models.training.run_checkpoints`; weights, optimizers, schedulers, RNG; a damaged one is
+    skipped for the previous), so an interrupted run, restarted, reproduces a straight run
+    exactly; ``training.steps`` is the total (raising it continues the run), and a finished run
+    returns at once. Runs with other settings are kept beside this one. Batches are random crops (global torch RNG, seeded).
     ``live`` is a dvclive ``Live`` (or None); loss terms are logged every ``log_every`` steps.
     """
     torch.manual_seed(training.seed)
@@ -376,9 +377,13 @@ def train_munit(
     settings = {k: v for k, v in dataclasses.asdict(training).items() if k not in ("steps", "checkpoint_every", "log_every")}
     identity = {"model": config.to_dict(), "settings": settings, "images": [len(hq_display), len(lq_display)]}
     checkpoint_dir = run_checkpoints(checkpoint_dir, identity)
-    found = latest_checkpoint(checkpoint_dir)
-    if found is not None:
-        start = load_checkpoint(found, _modules(model), optimizers, schedulers, expected_config=config.to_dict())["step"]
+    resumed = load_latest_checkpoint(checkpoint_dir, _modules(model), optimizers, schedulers, config.to_dict())
+    if resumed is not None:
+        found, restored = resumed
+        start = restored["step"]
+        check_steps_reached(start, training.steps, found)
+    if live is not None:
+        drop_logged_after(live.dir, start)  # rows of a killed run past its checkpoint, or of an earlier run
     x_a_all = hq_display * 2 - 1
     x_b_all = lq_display * 2 - 1
     model.train()

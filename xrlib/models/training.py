@@ -6,6 +6,12 @@ clipping, an EMA copy of the weights, bf16 autocast on CUDA, a tqdm bar and dvcl
 checkpoint (model, EMA, optimizer, LR schedule, RNG states, step; see :mod:`xrlib.models.checkpoint`);
 a new run finding one resumes there and continues as if it had never stopped.
 
+A run is identified by what shapes its result (architecture, data size, the training settings
+except ``steps``); its checkpoints live under ``checkpoints/<identity hash>/``. Changing a setting
+starts a new run beside the earlier ones, which are kept, never deleted; raising ``steps``
+continues the same run (the cosine decay is then stretched over the new total from the step
+reached, so the result differs from a run planned that long from the start).
+
 Exact resumption rests on one rule: nothing random depends on the process's history. The data
 order (:class:`SeededBatches`) and each sample's seed are functions of the run's seed and the
 global sample number, so step ``s`` sees the same samples (and the loss draws the same noise)
@@ -18,10 +24,11 @@ import contextlib
 import copy
 import csv
 import hashlib
+import io
 import json
 import math
 import os
-import shutil
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -31,14 +38,15 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from xrlib.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from xrlib.models.checkpoint import load_latest_checkpoint, remove_staging, save_checkpoint
 from xrlib.errors import CheckpointError, ConfigError
+from xrlib.io import write_json_atomic, write_text_atomic
 
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
 
 
-RESULT_SETTINGS = ("steps", "batch_size", "learning_rate", "weight_decay", "warmup_steps", "grad_clip_norm",
-                   "ema_decay", "seed")
+#: The settings that identify a run (``steps`` is not one: more steps continue a run).
+RESULT_SETTINGS = ("batch_size", "learning_rate", "weight_decay", "warmup_steps", "grad_clip_norm", "ema_decay", "seed")
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class TrainConfig:
     dvclive: bool = True
 
     def fingerprint(self, n_items: int) -> dict[str, Any]:
-        """What a resumed run must share with the run that wrote the checkpoint (not logging or workers)."""
+        """What a resumed run must share with the run that wrote the checkpoint (not steps, logging or workers)."""
         settings = {k: v for k, v in asdict(self).items() if k in RESULT_SETTINGS}
         return {**settings, "n_items": int(n_items)}
 
@@ -165,17 +173,22 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         ema_buffer.copy_(buffer)
 
 
-def _drop_logged_after(live_dir: Path, step: int) -> None:
-    """Remove dvclive metric rows past ``step`` (logged by a run killed after its last checkpoint)."""
-    for table in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+def drop_logged_after(live_dir: str | os.PathLike, step: int) -> None:
+    """Remove dvclive metric rows past ``step`` (logged by a run killed after its last checkpoint,
+    or by an earlier run when this one starts afresh), and rows a kill cut short; tables are
+    rewritten atomically."""
+    for table in (Path(live_dir) / "plots" / "metrics").rglob("*.tsv"):
         with open(table, newline="") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
-        if rows and int(rows[-1]["step"]) > step:
-            kept = [r for r in rows if int(r["step"]) <= step]
-            with open(table, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
-                writer.writeheader()
-                writer.writerows(kept)
+            reader = csv.DictReader(handle, delimiter="\t")
+            rows, fieldnames = list(reader), reader.fieldnames or []
+        kept = [r for r in rows if None not in r.values() and r.get("step", "").isdigit() and int(r["step"]) <= step]
+        if len(kept) == len(rows):
+            continue
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fieldnames, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        write_text_atomic(table, text.getvalue())
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -188,21 +201,37 @@ def _images_for_log(images: torch.Tensor) -> np.ndarray:
     return (strip.numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def run_checkpoints(checkpoints_root: str | os.PathLike, identity: Mapping[str, Any], remove_stale: bool = True) -> Path:
-    """The checkpoint folder of one run identity, ``checkpoints_root/<key>``; other identities' removed.
+RUN_IDENTITY = "identity.json"
 
-    ``identity`` holds what a resumed run must share (architecture, training settings, data size);
-    its hash is the key, so a run resumes only from its own checkpoints. After a change of
-    parameters (``dvc repro`` with ``persist: true`` outputs) training starts afresh instead of
-    failing or resuming another run; the stale folders, never resumable, are deleted (rank 0 only).
+
+def run_checkpoints(checkpoints_root: str | os.PathLike, identity: Mapping[str, Any], record: bool = True) -> Path:
+    """The checkpoint folder of one run identity, ``checkpoints_root/<key>``; other runs are kept.
+
+    ``identity`` holds what a resumed run must share (architecture, training settings but not
+    the number of steps, data size); its hash is the key, so a run resumes only from its own
+    checkpoints. After a change of parameters (``dvc repro`` with ``persist: true`` outputs)
+    training starts a new run beside the earlier ones, which stay under their own keys (each
+    with its ``identity.json``), so setting a parameter back resumes them. With ``record`` (one
+    process only) the identity is written and the earlier runs are named in a warning.
     """
     key = hashlib.sha256(json.dumps(dict(identity), sort_keys=True, default=str).encode()).hexdigest()[:12]
     folder = Path(checkpoints_root) / key
-    if remove_stale and folder.parent.is_dir():
-        for other in folder.parent.iterdir():
-            if other != folder:
-                shutil.rmtree(other) if other.is_dir() else other.unlink()
+    if record:
+        others = sorted(p.name for p in folder.parent.iterdir() if p.is_dir() and p != folder) \
+            if folder.parent.is_dir() else []
+        if others and not folder.is_dir():
+            warnings.warn(f"{folder.parent}: starting run {key} with other settings; the earlier runs "
+                          f"{', '.join(others)} are kept (see their {RUN_IDENTITY}; delete them to free space)",
+                          stacklevel=2)
+        write_json_atomic(folder / RUN_IDENTITY, json.loads(json.dumps(dict(identity), default=str)))
     return folder
+
+
+def check_steps_reached(step: int, steps: int, checkpoint: Path) -> None:
+    """Refuse a checkpoint past the requested total of steps (a run cannot be shortened)."""
+    if step > steps:
+        raise ConfigError(f"{checkpoint}: this run already reached step {step}, past steps = {steps}; set steps "
+                          f">= {step} to use or continue it, or move {checkpoint.parent} aside to train a shorter run afresh")
 
 
 def train(
@@ -231,6 +260,8 @@ def train(
     run_dir = Path(run_dir)
     fingerprint = cfg.fingerprint(len(dataset))
     checkpoints = run_checkpoints(run_dir / "checkpoints", {"model": model_config, "settings": fingerprint}, rank == 0)
+    if rank == 0:
+        remove_staging(checkpoints)
     live_dir = run_dir / "dvclive"
 
     torch.manual_seed(cfg.seed)
@@ -240,14 +271,15 @@ def train(
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps))
     start_step = 0
-    found = latest_checkpoint(checkpoints)
-    if found is not None:
-        restored = load_checkpoint(found, {"model": model, "ema": ema}, {"optimizer": optimizer}, {"lr": lr_schedule},
-                                   model_config)
+    resumed = load_latest_checkpoint(checkpoints, {"model": model, "ema": ema}, {"optimizer": optimizer},
+                                     {"lr": lr_schedule}, model_config, move_damaged=rank == 0)
+    if resumed is not None:
+        found, restored = resumed
         if restored["extra"].get("fingerprint") != json.loads(json.dumps(fingerprint)):
             raise CheckpointError(f"{found}: its training settings differ from its folder's; the checkpoint "
-                                  f"was moved by hand: delete {checkpoints}")
+                                  f"was moved by hand: move {checkpoints} aside")
         start_step = restored["step"]
+        check_steps_reached(start_step, cfg.steps, found)
     network = model
     if distributed:
         network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -261,7 +293,7 @@ def train(
     if rank == 0 and cfg.dvclive:
         from dvclive import Live
 
-        _drop_logged_after(live_dir, start_step)
+        drop_logged_after(live_dir, start_step)
         live = Live(str(live_dir), resume=start_step > 0, save_dvc_exp=False, dvcyaml=False, report=None)
         live.log_params({f"train.{k}": v for k, v in asdict(cfg).items()})
     history: list[tuple[int, float]] = []
@@ -289,7 +321,8 @@ def train(
                 loss_float = float(mean_loss)
                 interval_loss, interval_steps = torch.zeros((), device=device), 0
                 if not math.isfinite(loss_float):
-                    raise ConfigError(f"training diverged by step {step} (loss {loss_float}); lower train.learning_rate")
+                    raise ConfigError(f"training diverged by step {step} (loss {loss_float}); lower train.learning_rate "
+                                      f"(a new run; this run's checkpoints stay in {checkpoints})")
                 history.append((step, loss_float))
                 bar.set_postfix(loss=f"{loss_float:.4f}")
                 if live is not None:

@@ -52,6 +52,8 @@ def agreement_table(rater_a, rater_b, categories=None) -> tuple[np.ndarray, list
         raise DataError(f"the two raters rated {len(a)} and {len(b)} subjects; pair them by subject first")
     keep = a.notna() & b.notna()
     a, b = a[keep], b[keep]
+    if len(a) == 0:
+        raise DataError("no subject was rated by both raters; agreement needs at least one rated pair")
     if categories is None:
         categories = sorted(set(a) | set(b))
     unknown = (set(a) | set(b)) - set(categories)
@@ -94,13 +96,31 @@ def cohen_kappa_table(table, weights: str = "unweighted", scores=None, alpha: fl
     )
 
 
+def _ordered_categories(*raters):
+    """The categories of ordered pandas Categoricals among ``raters`` (the first found), else None."""
+    for rater in raters:
+        dtype = getattr(rater, "dtype", None)
+        if isinstance(dtype, pd.CategoricalDtype) and dtype.ordered:
+            return list(dtype.categories)
+    return None
+
+
 def cohen_kappa(rater_a, rater_b, weights: str = "unweighted", categories=None, alpha: float = 0.05) -> KappaResult:
     """Cohen's kappa of two raters' labels of the same subjects (see :func:`cohen_kappa_table`).
 
-    For weighted kappa the category scores are the categories themselves when they are numbers.
+    Weighted kappa needs the categories' order: numeric labels are their own scores; text labels
+    need ``categories`` listed from lowest to highest (or ordered pandas Categoricals), and are
+    scored 0, 1, 2, ... in that order. Text labels without an order are refused, never sorted
+    alphabetically ("high" < "low" < "mid").
     """
+    if categories is None:
+        categories = _ordered_categories(rater_a, rater_b)
+    order_given = categories is not None
     table, categories = agreement_table(rater_a, rater_b, categories)
-    numeric = all(isinstance(c, (int, float, np.integer, np.floating)) for c in categories)
+    numeric = all(isinstance(c, (int, float, np.integer, np.floating)) and not isinstance(c, bool) for c in categories)
+    if weights != "unweighted" and not numeric and not order_given:
+        raise DataError(f"weighted kappa of text labels {categories} needs their order: pass "
+                        "categories=[lowest, ..., highest] or ordered pandas Categoricals")
     scores = np.asarray(categories, float) if numeric else None
     return cohen_kappa_table(table, weights=weights, scores=scores, alpha=alpha)
 
@@ -108,8 +128,12 @@ def cohen_kappa(rater_a, rater_b, weights: str = "unweighted", categories=None, 
 def category_counts(ratings, categories=None) -> tuple[np.ndarray, list]:
     """Subjects x categories count table from a subjects x raters array of labels (NaN = missing)."""
     frame = pd.DataFrame(np.asarray(ratings, dtype=object))
+    if frame.ndim != 2 or frame.size == 0:
+        raise DataError("no ratings: agreement needs a subjects x raters table with at least one subject")
     values = pd.unique(frame.to_numpy().ravel())
     values = [v for v in values if not pd.isna(v)]
+    if not values:
+        raise DataError("every rating is missing; agreement needs ratings")
     if categories is None:
         categories = sorted(values)
     unknown = set(values) - set(categories)
@@ -141,6 +165,12 @@ def fleiss_kappa(ratings=None, counts=None, categories=None) -> FleissResult:
             raise DataError("fleiss_kappa needs ratings (subjects x raters) or counts (subjects x categories)")
         counts, _ = category_counts(ratings, categories)
     counts = np.asarray(counts, float)
+    if counts.ndim != 2 or counts.shape[0] == 0 or counts.shape[1] < 2:
+        raise DataError(f"Fleiss' kappa needs a subjects x categories count table with at least one subject "
+                        f"and two categories, got shape {counts.shape}")
+    if not np.isfinite(counts).all() or (counts < 0).any() or (counts != np.round(counts)).any():
+        raise DataError("Fleiss' kappa counts must be whole numbers >= 0 (raters per subject and category); "
+                        f"found e.g. {counts[~np.isfinite(counts) | (counts < 0) | (counts != np.round(counts))][:3].tolist()}")
     raters_per_subject = counts.sum(axis=1)
     if not np.all(raters_per_subject == raters_per_subject[0]):
         raise DataError(
@@ -148,6 +178,8 @@ def fleiss_kappa(ratings=None, counts=None, categories=None) -> FleissResult:
             "use krippendorff_alpha for missing ratings"
         )
     n_subjects, n_raters = counts.shape[0], raters_per_subject[0]
+    if n_raters < 2:
+        raise DataError(f"Fleiss' kappa needs at least two ratings per subject, got {n_raters:g}")
     kappa = float(inter_rater.fleiss_kappa(counts, method="fleiss"))
     p = counts.sum(axis=0) / (n_subjects * n_raters)
     pq = p * (1 - p)
@@ -231,7 +263,8 @@ def icc(ratings, alpha: float = 0.05) -> pd.DataFrame:
     """The six Shrout-Fleiss intraclass correlations of a targets x judges array (complete data).
 
     ICC1 one-way random, ICC2 two-way random (absolute agreement), ICC3 two-way mixed
-    (consistency); the k forms are for the mean of k judges. Returns one row per form with the
+    (consistency); the k forms are for the mean of k judges (a lower bound of ICC2 below
+    -1 / (k - 1) makes ICC2k's lower bound -inf). Returns one row per form with the
     ICC, its F test (F, df1, df2, p) and a (1 - alpha) confidence interval.
     """
     x = np.asarray(ratings, dtype=float)
@@ -281,7 +314,10 @@ def _icc_table(x: np.ndarray, alpha: float) -> pd.DataFrame:
     icc2_high = n * (f_star_low * ms_targets - ms_error) / (denominator + n * f_star_low * ms_targets)
 
     def mean_of_k(value):
-        return k * value / (1 + (k - 1) * value)
+        """Spearman-Brown step-up of an ICC2 bound to the mean of k judges. A single-judge
+        correlation cannot be below -1 / (k - 1) (its pole); a bound there maps to -infinity,
+        the unbounded lower end of the mean-of-k ICC, as 1 - 1 / F does for ICC1k and ICC3k."""
+        return k * value / (1 + (k - 1) * value) if value > -1 / (k - 1) else -np.inf
 
     rows = [
         ("ICC1", icc1, f1, df_within, (f1_low - 1) / (f1_low + k - 1), (f1_high - 1) / (f1_high + k - 1)),

@@ -18,6 +18,7 @@ Validated against the Iowa OR-DBM MRMC 2.51 output for the Van Dyke et al. (1993
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from xrlib.errors import DataError
+from xrlib.errors import DataError, DegenerateDataWarning
 
 READING_COLUMNS = ("reader", "modality", "case", "truth", "rating")
 
@@ -36,6 +37,9 @@ def trapezoidal_auc(absent_scores, present_scores) -> float:
     present = np.asarray(present_scores, float)
     if absent.size == 0 or present.size == 0:
         raise DataError("an AUC needs at least one signal-absent and one signal-present case")
+    if not (np.isfinite(absent).all() and np.isfinite(present).all()):
+        raise DataError("scores hold NaN or infinite values, which would lose (or win) every comparison; "
+                        "drop those cases or fix their scores")
     kernel = (present[None, :] > absent[:, None]) + 0.5 * (present[None, :] == absent[:, None])
     return float(kernel.mean())
 
@@ -231,10 +235,43 @@ def or_analysis_from_aucs(auc: np.ndarray, cov: ORCovariances, modalities=None, 
 
     Cov2 - Cov3 (and Cov2 alone for single-modality intervals) is truncated at zero, as Hillis
     (2007) prescribes. With one reader only the fixed-reader analysis is defined.
-    Degenerate data (e.g. perfect readers, zero variance) give infinite or NaN statistics.
+    Degenerate data (identical ratings in every modality, perfectly separating readers: a zero
+    error term) give NaN statistics; a :class:`DegenerateDataWarning` and a note say why.
     """
+    auc = np.asarray(auc, float)
+    if auc.ndim != 2:
+        raise DataError(f"reader AUCs must be a modalities x readers array, got shape {auc.shape}")
+    t, r = auc.shape
+    if len(cov.per_modality) != t or len(cov.per_reader) != r:
+        raise DataError(f"AUCs of {t} modalities x {r} readers do not match covariances estimated for "
+                        f"{len(cov.per_modality)} modalities x {len(cov.per_reader)} readers; "
+                        "compute both from the same readings")
+    for name, labels, size in (("modalities", modalities, t), ("readers", readers, r)):
+        if labels is not None and len(labels) != size:
+            raise DataError(f"{len(labels)} {name} labels for {size} {name} in the AUC array")
+    if not np.isfinite(auc).all():
+        raise DataError("reader AUCs hold NaN or infinite values; check the readings")
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _or_analysis(np.asarray(auc, float), cov, modalities, readers, alpha)
+        result = _or_analysis(auc, cov, modalities, readers, alpha)
+    for test in (result.rrrc, result.frrc, result.rrfc):
+        if test is not None and not np.isfinite(test.statistic):
+            reason = _degenerate_reason(auc, test.analysis)
+            result.notes.append(reason)
+            warnings.warn(reason, DegenerateDataWarning, stacklevel=2)
+    return result
+
+
+def _degenerate_reason(auc: np.ndarray, analysis: str) -> str:
+    """Why a test statistic of ``analysis`` is undefined for these reader AUCs."""
+    if np.all(auc == 1.0) or np.all(auc == 0.0):
+        why = (f"every reader separates the cases perfectly in every modality (all AUCs {auc.flat[0]:g}), "
+               "so AUCs neither differ nor vary over cases")
+    elif np.all(auc == auc[:1]):
+        why = "every reader has the same AUC in every modality and its error variance is zero (identical ratings?)"
+    else:
+        why = "its error variance is zero (no case-to-case or reader-by-modality variation)"
+    return (f"{analysis}: the statistic and p are undefined (NaN) because {why}; "
+            "more cases, more readers or finer rating scales make it defined")
 
 
 def _or_analysis(auc: np.ndarray, cov: ORCovariances, modalities, readers, alpha: float) -> ORResult:
@@ -320,6 +357,7 @@ class DBMResult:
     df_num: float
     ddf: float
     p: float
+    notes: list = field(default_factory=list)
 
 
 def dbm_analysis(readings: pd.DataFrame) -> DBMResult:
@@ -342,9 +380,15 @@ def dbm_analysis(readings: pd.DataFrame) -> DBMResult:
                 + m_t[:, None, None] + m_r[None, :, None] + m_c[None, None, :] - grand)
     ms["TRC"] = (residual ** 2).sum() / ((t - 1) * (r - 1) * (c - 1))
     error = ms["TR"] + max(ms["TC"] - ms["TRC"], 0.0)
-    f_value = ms["T"] / error
-    ddf = error ** 2 / (ms["TR"] ** 2 / ((t - 1) * (r - 1)))
-    return DBMResult({k: float(v) for k, v in ms.items()}, f_value, t - 1, ddf, float(sps.f.sf(f_value, t - 1, ddf)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f_value = ms["T"] / error
+        ddf = error ** 2 / (ms["TR"] ** 2 / ((t - 1) * (r - 1)))
+    notes = []
+    if not np.isfinite(f_value):
+        notes.append(_degenerate_reason(jk.auc, "DBM random readers, random cases"))
+        warnings.warn(notes[-1], DegenerateDataWarning, stacklevel=2)
+    return DBMResult({k: float(v) for k, v in ms.items()}, float(f_value), t - 1, float(ddf),
+                     float(sps.f.sf(f_value, t - 1, ddf)), notes)
 
 
 def or_summary(result: ORResult) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
