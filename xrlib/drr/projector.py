@@ -174,7 +174,7 @@ class ConeBeamProjector(torch.nn.Module):
         matrix = torch.from_numpy(affine[:3, :3])
         ray_mm = grid_v[:, None, None] * matrix[:, v_axis] + grid_u[None, :, None] * matrix[:, u_axis] + matrix[:, axis]
         step_mm = ray_mm.norm(dim=-1).to(device, torch.float32)
-        normal = linear.T @ np.cross(geometry.row_dir, geometry.col_dir)  # detector normal, index space
+        normal = affine[:3, :3].T @ np.cross(geometry.row_dir, geometry.col_dir)  # detector normal, index space
         centre = linear @ np.asarray(geometry.detector_centre_mm) + shift
 
         def stop_plane(gu, gv):
