@@ -130,7 +130,7 @@ def test_fused_interpolation_and_plane_sum_equals_the_dense_sum():
     """Pass 2 (one CSR product) equals interpolating every plane and summing, outside the volume too."""
     generator = torch.Generator().manual_seed(0)
     rows = torch.nn.functional.pad(torch.rand(5, 2, 7, 9, generator=generator), (0, 0, 1, 1))  # zero rows at each end
-    coords = torch.rand(5, 11, generator=generator) * 10.0 - 2.0  # from 2 voxels before to 2 after the 7 rows
+    coords = torch.rand(5, 11, generator=generator, dtype=torch.float64).numpy() * 10.0 - 2.0  # from 2 voxels before to 2 after the 7 rows
     dense = _lerp_rows(rows, coords).sum(dim=0)
     torch.testing.assert_close(_interpolate_along_v_and_sum(rows, coords), dense, rtol=1e-5, atol=1e-6)
     assert float(dense.abs().max()) > 1.0

@@ -62,7 +62,7 @@ class ConeBeamProjector(torch.nn.Module):
         self,
         volume: torch.Tensor,
         affine: np.ndarray,
-        memory_budget_mb: float = 32.0,
+        memory_budget_mb: float = 256.0,
         anti_alias: bool = True,
         samples_per_voxel: float | None = 2.0,
         empty_below: float | None = None,
@@ -114,8 +114,9 @@ class ConeBeamProjector(torch.nn.Module):
         return volume[:, low[0]:high[0], low[1]:high[1], low[2]:high[2]], affine
 
     def _slices(self, axis: int, factors: tuple[int, int, int]):
-        """The (cropped, pooled) volume as zero-padded slices across ``axis``, (N_axis, C, N_v + 2, N_u + 2)
-        with u the longer in-plane axis, its affine and (u, v); cached for the last axis and pooling."""
+        """The (cropped, pooled) volume as zero-padded slices across ``axis``, (N_axis, N_u + 2, C, N_v + 2)
+        with u the longer in-plane axis, its affine and (u, v); cached for the last axis and pooling.
+        u outermost within a slice: pass 1 reads each u column's rows as one contiguous run."""
         factors = tuple(max(f, self.planes_per_sample) if a == axis else f for a, f in enumerate(factors))
         key = (axis, factors, self.volume.device, self.volume.dtype)
         if key not in self._slices_cache:
@@ -123,7 +124,7 @@ class ConeBeamProjector(torch.nn.Module):
             if factors != (1, 1, 1):
                 volume, affine = _box_sum_mean(volume, affine, factors)
             u_axis, v_axis = sorted((a for a in range(3) if a != axis), key=lambda a: -volume.shape[1 + a])
-            slices = F.pad(volume.permute(1 + axis, 0, 1 + v_axis, 1 + u_axis), (1, 1, 1, 1)).contiguous()
+            slices = F.pad(volume.permute(1 + axis, 1 + u_axis, 0, 1 + v_axis), (1, 1, 0, 0, 1, 1)).contiguous()
             self._slices_cache = {key: (slices, affine, (u_axis, v_axis))}
         return self._slices_cache[key]
 
@@ -139,8 +140,7 @@ class ConeBeamProjector(torch.nn.Module):
         central = np.linalg.inv(self.affine)[:3, :3] @ (np.asarray(geometry.detector_centre_mm) - source_world)
         axis = int(np.argmax(np.abs(central) * self.spacing_mm))
         padded, affine, (u_axis, v_axis) = self._slices(axis, self.pool_factors(geometry))
-        n_planes, channels = padded.shape[:2]
-        n_v, n_u = padded.shape[2] - 2, padded.shape[3] - 2
+        n_planes, n_u, channels, n_v = padded.shape[0], padded.shape[1] - 2, padded.shape[2], padded.shape[3] - 2
         to_index = np.linalg.inv(affine)
         linear, shift = to_index[:3, :3], to_index[:3, 3]
         source = linear @ source_world + shift
@@ -171,59 +171,61 @@ class ConeBeamProjector(torch.nn.Module):
         grid_v = self._slope_grid(corner_slopes[:, v_axis], voxel_slope, n_detector)
         n_gu, n_gv = len(grid_u), len(grid_v)
         # Intermediate rays (grid_u, grid_v, 1 along a): mm per plane step, and the plane where each meets the detector.
-        matrix = torch.from_numpy(affine[:3, :3])
+        matrix = affine[:3, :3]
         ray_mm = grid_v[:, None, None] * matrix[:, v_axis] + grid_u[None, :, None] * matrix[:, u_axis] + matrix[:, axis]
-        step_mm = ray_mm.norm(dim=-1).to(device, torch.float32)
-        normal = affine[:3, :3].T @ np.cross(geometry.row_dir, geometry.col_dir)  # detector normal, index space
+        step_mm = np.linalg.norm(ray_mm, axis=-1)
+        normal = matrix.T @ np.cross(geometry.row_dir, geometry.col_dir)  # detector normal, index space
         centre = linear @ np.asarray(geometry.detector_centre_mm) + shift
 
         def stop_plane(gu, gv):
             return source[axis] + ((centre - source) @ normal) / (gu * normal[u_axis] + gv * normal[v_axis] + normal[axis])
 
-        stops = [float(stop_plane(gu, gv)) for gu in (grid_u[0], grid_u[-1]) for gv in (grid_v[0], grid_v[-1])]
+        stops = [stop_plane(gu, gv) for gu in (grid_u[0], grid_u[-1]) for gv in (grid_v[0], grid_v[-1])]
         full, partial = _plane_ranges(float(source[axis]), sign, min(stops), max(stops), n_planes)
 
         def ray_coords(low, high):  # where the rays cross planes low..high-1, along u and v (index units)
-            offset = torch.arange(low, high, dtype=torch.float64)[:, None] - float(source[axis])
-            return ((source[u_axis] + offset * grid_u).to(device, torch.float32),
-                    (source[v_axis] + offset * grid_v).to(device, torch.float32))
+            offset = np.arange(low, high, dtype=np.float64)[:, None] - source[axis]
+            return source[u_axis] + offset * grid_u, source[v_axis] + offset * grid_v
 
-        total = torch.zeros(channels, n_gv, n_gu, device=device, dtype=torch.float32)
+        parts = []
         bytes_per_plane = channels * (n_v + 2) * n_gu * 4 * 2
         for low, high in _chunks(*full, max(1, int(self.memory_budget_mb * 2**20 // bytes_per_plane))):
             coord_u, coord_v = ray_coords(low, high)
-            total += _interpolate_along_v_and_sum(_interpolate_along_u(padded[low:high], coord_u), coord_v)
+            parts.append(_interpolate_along_v_and_sum(_interpolate_along_u(padded[low:high], coord_u), coord_v))
         if partial[1] > partial[0]:
-            stop = stop_plane(grid_u[None, :], grid_v[:, None]).to(device, torch.float32)  # (n_gv, n_gu)
+            stop = torch.from_numpy(stop_plane(grid_u[None, :], grid_v[:, None])).to(device, torch.float32)
             bytes_per_plane += channels * n_gv * n_gu * 4 * 3
             for low, high in _chunks(*partial, max(1, int(self.memory_budget_mb * 2**20 // bytes_per_plane))):
                 coord_u, coord_v = ray_coords(low, high)
                 samples = _lerp_rows(_interpolate_along_u(padded[low:high], coord_u), coord_v)  # (K, C, n_gv, n_gu)
                 planes = torch.arange(low, high, device=device, dtype=torch.float32)[:, None, None]
                 keep = (planes <= stop) if sign > 0 else (planes >= stop)
-                total += (samples * keep[:, None]).sum(dim=0)
-        intermediate = (total * step_mm)[None]  # (1, C, n_gv, n_gu)
+                parts.append((samples * keep[:, None]).sum(dim=0))
+        if not parts:
+            return torch.zeros(channels, size, size, device=device)
+        total = sum(parts[1:], parts[0])  # (C, n_gv, n_gu)
+        intermediate = (total * torch.from_numpy(step_mm).to(device, torch.float32))[None]
         # Warp onto the detector: each pixel's slopes, normalised to the intermediate grid.
-        rows = torch.arange(size, dtype=torch.float64)[:, None]
-        columns = torch.arange(size, dtype=torch.float64)[None, :]
+        rows = np.arange(size, dtype=np.float64)[:, None]
+        columns = np.arange(size, dtype=np.float64)[None, :]
+        along = first[axis] + rows * row_step[axis] + columns * col_step[axis]
 
         def normalised_slope(a, grid):
             slope = (first[a] + rows * row_step[a] + columns * col_step[a]) / along
-            span = float(grid[-1] - grid[0])
-            return 2.0 * (slope - float(grid[0])) / span - 1.0 if span > 0 else torch.zeros_like(slope)
+            span = grid[-1] - grid[0]
+            return 2.0 * (slope - grid[0]) / span - 1.0 if span > 0 else np.zeros_like(slope)
 
-        along = first[axis] + rows * row_step[axis] + columns * col_step[axis]
-        warp = torch.stack([normalised_slope(u_axis, grid_u), normalised_slope(v_axis, grid_v)], dim=-1)
-        warp = warp.to(device, torch.float32)[None]
+        warp = np.stack([normalised_slope(u_axis, grid_u), normalised_slope(v_axis, grid_v)], axis=-1)
+        warp = torch.from_numpy(warp.astype(np.float32)).to(device)[None]
         return F.grid_sample(intermediate, warp, mode="bilinear", padding_mode="border", align_corners=True)[0]
 
-    def _slope_grid(self, corner_slopes: np.ndarray, voxel_slope: float, n_detector: int) -> torch.Tensor:
+    def _slope_grid(self, corner_slopes: np.ndarray, voxel_slope: float, n_detector: int) -> np.ndarray:
         """Regular slopes spanning the detector: as many as detector pixels, or fewer (samples_per_voxel)."""
         low, high = float(corner_slopes.min()), float(corner_slopes.max())
         count = n_detector
         if self.samples_per_voxel:
             count = min(n_detector, int(math.ceil((high - low) / voxel_slope * self.samples_per_voxel)) + 1)
-        return torch.linspace(low, high, max(count, 2), dtype=torch.float64)
+        return np.linspace(low, high, max(count, 2))
 
 
 def _box_sum_mean(volume: torch.Tensor, affine: np.ndarray, factors: tuple[int, int, int]):
@@ -253,7 +255,7 @@ def _chunks(low: int, high: int, size: int):
     return [(start, min(start + size, high)) for start in range(low, high, size)]
 
 
-def _lerp_rows(values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+def _lerp_rows(values: torch.Tensor, coords: np.ndarray) -> torch.Tensor:
     """Linear interpolation of ``values`` (K, C, A + 2, B) along A at ``coords`` (K, n): (K, C, n, B).
 
     Whole rows are copied with ``index_select`` (contiguous, fast on CPU and CUDA). ``values``
@@ -262,38 +264,40 @@ def _lerp_rows(values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """
     planes, channels, rows, columns = values.shape
     lower, weight = _lerp_lower_and_weight(coords, rows - 2)
-    base = (torch.arange(planes * channels, device=values.device) * rows).view(planes, channels, 1)
-    index = (base + lower[:, None, :]).flatten()
+    index = (np.arange(planes * channels).reshape(planes, channels, 1) * rows + lower[:, None, :]).reshape(-1)
+    index = torch.from_numpy(index).to(values.device)
     flat = values.reshape(planes * channels * rows, columns)
     low = flat.index_select(0, index).view(planes, channels, -1, columns)
     high = flat.index_select(0, index + 1).view(planes, channels, -1, columns)
-    return torch.lerp(low, high, weight[:, None, :, None])
+    return torch.lerp(low, high, torch.from_numpy(weight).to(values)[:, None, :, None])
 
 
-def _lerp_lower_and_weight(coords: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _lerp_lower_and_weight(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """For coordinates along an axis of ``size`` voxels padded by one zero voxel at each end: the padded
-    index of the lower neighbour (long) and the weight of the upper one."""
-    position = (coords + 1.0).clamp(0.0, size + 1.0)
-    lower = position.floor().clamp(max=size)
-    return lower.long(), position - lower
+    index of the lower neighbour (int64) and the weight of the upper one."""
+    position = np.clip(coords + 1.0, 0.0, size + 1.0)
+    lower = np.minimum(np.floor(position), size)
+    return lower.astype(np.int64), position - lower
 
 
-def _interpolate_along_u(block: torch.Tensor, coord_u: torch.Tensor) -> torch.Tensor:
-    """Pass 1: linear interpolation of padded slices ``block`` (K, C, A + 2, n_u + 2) along their last
-    axis at ``coord_u`` (K, m), one set of coordinates per slice: (K, C, A + 2, m).
+def _interpolate_along_u(block: torch.Tensor, coord_u: np.ndarray) -> torch.Tensor:
+    """Pass 1: linear interpolation of padded slices ``block`` (K, n_u + 2, C, A + 2) along u at
+    ``coord_u`` (K, m), one set of coordinates per slice: (K, C, A + 2, m).
 
-    Each slice is a one-row image whose channels are its rows, so one ``grid_sample`` call computes
-    the weights once per coordinate for all rows, and the result keeps the rows (v) outermost, as
-    pass 2 needs them. Outside the volume the samples are zero (zero padding)."""
-    planes, channels, rows, columns = block.shape
-    x = 2.0 * (coord_u + 1.0) / (columns - 1) - 1.0  # the padded index coord_u + 1, normalised
-    grid = torch.stack([x, torch.zeros_like(x)], dim=-1)[:, None]  # (K, 1, m, 2)
-    samples = F.grid_sample(block.view(planes, channels * rows, 1, columns), grid, mode="bilinear",
-                            padding_mode="zeros", align_corners=True)
-    return samples.view(planes, channels, rows, -1)
+    Each slice is a one-row image whose channels are its (c, v) rows, stored channels-last, so one
+    ``grid_sample`` call computes the weights once per coordinate and reads contiguous runs of
+    rows, and the result keeps the rows outermost, as pass 2 needs them. Outside the volume the
+    samples are zero (zero padding)."""
+    planes, columns, channels, rows = block.shape
+    grid = np.zeros((planes, 1, coord_u.shape[1], 2), dtype=np.float32)
+    grid[:, 0, :, 0] = 2.0 * (coord_u + 1.0) / (columns - 1) - 1.0  # the padded index coord_u + 1, normalised
+    images = block.reshape(planes, columns, channels * rows).permute(0, 2, 1)[:, :, None, :]  # channels-last view
+    samples = F.grid_sample(images, torch.from_numpy(grid).to(block.device), mode="bilinear", padding_mode="zeros",
+                            align_corners=True)
+    return samples.reshape(planes, channels, rows, -1)
 
 
-def _interpolate_along_v_and_sum(rows: torch.Tensor, coord_v: torch.Tensor) -> torch.Tensor:
+def _interpolate_along_v_and_sum(rows: torch.Tensor, coord_v: np.ndarray) -> torch.Tensor:
     """Pass 2: linear interpolation of ``rows`` (K, C, A + 2, B) along A at ``coord_v`` (K, n), summed
     over the K slices: (C, n, B).
 
@@ -303,12 +307,15 @@ def _interpolate_along_v_and_sum(rows: torch.Tensor, coord_v: torch.Tensor) -> t
     planes, channels, padded_rows, columns = rows.shape
     lower, weight = _lerp_lower_and_weight(coord_v, padded_rows - 2)  # (K, n)
     n = lower.shape[1]
-    first_row = torch.arange(planes * channels, device=rows.device).view(planes, channels).T * padded_rows  # (C, K)
-    column = first_row[:, None, :, None] + lower.T[None, :, :, None] + torch.arange(2, device=rows.device)
-    value = torch.stack([1.0 - weight.T, weight.T], dim=-1).expand(channels, n, planes, 2)
-    row_start = torch.arange(channels * n + 1, device=rows.device) * (2 * planes)
+    first_row = np.arange(planes * channels).reshape(planes, channels).T * padded_rows  # (C, K)
+    column = first_row[:, None, :, None] + lower.T[None, :, :, None] + np.arange(2)  # (C, n, K, 2)
+    value = np.broadcast_to(np.stack([1.0 - weight.T, weight.T], axis=-1), (channels, n, planes, 2))
+    row_start = np.arange(channels * n + 1) * (2 * planes)
+    device = rows.device
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        matrix = torch.sparse_csr_tensor(row_start, column.reshape(-1), value.reshape(-1),
+        matrix = torch.sparse_csr_tensor(torch.from_numpy(row_start).to(device),
+                                         torch.from_numpy(column.reshape(-1)).to(device),
+                                         torch.from_numpy(value.reshape(-1).astype(np.float32)).to(device),
                                          size=(channels * n, planes * channels * padded_rows), check_invariants=False)
     return (matrix @ rows.reshape(-1, columns)).view(channels, n, columns)
