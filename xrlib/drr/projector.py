@@ -26,6 +26,8 @@ The intermediate image is finally warped onto the detector pixels with one bilin
 intermediate grid is twice as fine as the pixels). Planes that a tilted detector cuts through
 are summed ray by ray, masked beyond the detector. Planes are processed in chunks that fit a
 memory budget. The prepared slices are cached, so a batch of poses shares the volume's set-up.
+The small index and weight arrays are computed with numpy (no hand-offs between threads); torch
+runs only the heavy steps, two per chunk and the warp.
 
 Anti-aliasing across rays: when a detector pixel, scaled back to the lungs, is wider than the
 voxels, the volume is first box-averaged by the integer factor that makes the voxels as wide as
@@ -55,7 +57,8 @@ class ConeBeamProjector(torch.nn.Module):
     pixels); along coarse axes (2.5 mm slices) it is then coarser than the detector, and the final
     warp interpolates. ``empty_below``: crop the volume to the box of voxels above this value
     (skipping empty space; the error is at most this value times the cropped path length).
-    ``planes_per_sample``: voxel planes along the principal axis summed into one sample plane.
+    ``planes_per_sample``: voxel planes along the principal axis summed into one sample plane (2:
+    the analytic-chord errors of tests/test_drr_projector.py stay those of 1, 0.41 %; 4: 0.55 %).
     """
 
     def __init__(
@@ -231,7 +234,8 @@ class ConeBeamProjector(torch.nn.Module):
 def _box_sum_mean(volume: torch.Tensor, affine: np.ndarray, factors: tuple[int, int, int]):
     """Box-average (C, I, J, K) by integer factors (zero-padded to whole boxes, so sums are kept) and the new affine."""
     padding = [(-n) % f for n, f in zip(volume.shape[1:], factors)]
-    volume = F.pad(volume, (0, padding[2], 0, padding[1], 0, padding[0]))
+    if any(padding):
+        volume = F.pad(volume, (0, padding[2], 0, padding[1], 0, padding[0]))
     pooled = F.avg_pool3d(volume[None], kernel_size=factors, stride=factors)[0]
     scale = np.diag([*factors, 1.0]).astype(np.float64)
     scale[:3, 3] = (np.asarray(factors) - 1) / 2.0
