@@ -136,19 +136,20 @@ def test_fused_interpolation_and_plane_sum_equals_the_dense_sum():
     assert float(dense.abs().max()) > 1.0
 
 
-def test_detector_inside_the_volume_box_ends_the_rays():
+@pytest.mark.parametrize("view", ["PA", "AP"])
+def test_detector_inside_the_volume_box_ends_the_rays(view):
     """A tilted detector cutting a uniform block: each ray integrates from where it enters the block
     to its pixel, within one sample plane (the planes it cuts are masked ray by ray)."""
     torch.set_num_threads(1)
     _, affine = _grid()
     block = torch.ones(N, N, N)
-    geometry = chest_geometry((0.0, 0.0, 0.0), size_px=128, detector_mm=60.0, sid_mm=1000.0,
+    geometry = chest_geometry((0.0, 0.0, 0.0), view=view, size_px=128, detector_mm=60.0, sid_mm=1000.0,
                               centre_to_detector_mm=20.0, rotation_deg=(6.0, 0.0, 4.0))
     projector = ConeBeamProjector(block, affine, anti_alias=False)
     rendered = projector(geometry)[0, 0].numpy()
     source, direction = _rays(geometry)
     pixels = geometry.pixel_centres_mm().numpy()
-    entry_y = -N * SPACING_MM / 2  # the block's posterior face; the rays enter through it (PA)
+    entry_y = (-1 if view == "PA" else 1) * N * SPACING_MM / 2  # the face nearer the source
     entry = source + direction * ((entry_y - source[1]) / direction[..., 1])[..., None]
     expected = np.linalg.norm(pixels - entry, axis=-1)
     plane_step_mm = projector.planes_per_sample * SPACING_MM / np.abs(direction[..., 1])
