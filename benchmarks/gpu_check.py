@@ -51,7 +51,8 @@ def run_restorer_bench(profile: str, device: str, sizes: list[int], timed_steps:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         yaml.safe_dump(profile_params(profile, ROOT), handle)
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_diffusion.py"), "--device", device, "--params",
-               handle.name, "--sizes", *map(str, sizes), "--train-batch", str(batch), "--timed-steps", str(timed_steps)]
+               handle.name, "--sizes", *map(str, sizes), "--train-batch", str(batch), "--timed-steps", str(timed_steps),
+               "--implementations", "xrlib"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         return {"error": result.stderr[-2000:]}

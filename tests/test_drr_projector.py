@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from xrlib.drr.geometry import chest_geometry
-from xrlib.drr.projector import ConeBeamProjector
+from xrlib.drr.geometry import chest_geometry, random_pose
+from xrlib.drr.projector import ConeBeamProjector, _interpolate_along_v_and_sum, _lerp_rows
 from xrlib.errors import ConfigError, GeometryError
 
 SPACING_MM, N = 1.0, 100
@@ -124,6 +124,52 @@ def test_batch_channels_and_anti_aliasing_conserve_the_integral():
     expected = 20.0 / np.abs(direction[..., 1])
     inner = np.abs(coarse.pixel_centres_mm().numpy()[..., [0, 2]]).max(-1) < 35.0  # rays inside the slab's sides
     np.testing.assert_allclose(batch[0, 0].numpy()[inner], expected[inner], rtol=0.005)
+
+
+def test_fused_interpolation_and_plane_sum_equals_the_dense_sum():
+    """Pass 2 (one CSR product) equals interpolating every plane and summing, outside the volume too."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.nn.functional.pad(torch.rand(5, 2, 7, 9, generator=generator), (0, 0, 1, 1))  # zero rows at each end
+    coords = torch.rand(5, 11, generator=generator, dtype=torch.float64).numpy() * 10.0 - 2.0  # from 2 voxels before to 2 after the 7 rows
+    dense = _lerp_rows(rows, coords).sum(dim=0)
+    torch.testing.assert_close(_interpolate_along_v_and_sum(rows, coords), dense, rtol=1e-5, atol=1e-6)
+    assert float(dense.abs().max()) > 1.0
+
+
+@pytest.mark.parametrize("view", ["PA", "AP"])
+def test_detector_inside_the_volume_box_ends_the_rays(view):
+    """A tilted detector cutting a uniform block: each ray integrates from where it enters the block
+    to its pixel, within one sample plane (the planes it cuts are masked ray by ray)."""
+    torch.set_num_threads(1)
+    _, affine = _grid()
+    block = torch.ones(N, N, N)
+    geometry = chest_geometry((0.0, 0.0, 0.0), view=view, size_px=128, detector_mm=60.0, sid_mm=1000.0,
+                              centre_to_detector_mm=20.0, rotation_deg=(6.0, 0.0, 4.0))
+    projector = ConeBeamProjector(block, affine, anti_alias=False)
+    rendered = projector(geometry)[0, 0].numpy()
+    source, direction = _rays(geometry)
+    pixels = geometry.pixel_centres_mm().numpy()
+    entry_y = (-1 if view == "PA" else 1) * N * SPACING_MM / 2  # the face nearer the source
+    entry = source + direction * ((entry_y - source[1]) / direction[..., 1])[..., None]
+    expected = np.linalg.norm(pixels - entry, axis=-1)
+    plane_step_mm = projector.planes_per_sample * SPACING_MM / np.abs(direction[..., 1])
+    assert np.ptp(pixels[..., 1]) > 4 * SPACING_MM  # the detector crosses several planes
+    assert (np.abs(rendered - expected) <= 0.5 * plane_step_mm + 0.01).all()
+
+
+def test_a_batch_of_poses_shares_the_volume_set_up():
+    torch.set_num_threads(1)
+    phantom = _partial_volume(lambda x, y, z: x**2 + y**2 + z**2 <= 30.0**2)
+    projector = ConeBeamProjector(phantom, _grid()[1])
+    rng = np.random.default_rng(0)
+    poses = [_geometry(**random_pose(rng, 2.0, 5.0)) for _ in range(3)]
+    first = projector(poses[:1])
+    (slices, _, _), = projector._slices_cache.values()
+    batch = projector(poses)
+    (slices_after, _, _), = projector._slices_cache.values()
+    assert slices_after is slices
+    torch.testing.assert_close(batch[:1], first)
+    assert not torch.allclose(batch[1], batch[2])
 
 
 def test_radiological_convention_and_projection_of_points():
