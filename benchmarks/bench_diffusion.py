@@ -35,17 +35,20 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch.utils.flop_counter import FlopCounterMode
 
-from xrlib.models.restorer import restorer_model_config, restorer_settings
-from xrlib.models.sampling import make_scheduler, sample
-from xrlib.models.training import ema_decay_at, select_device, update_ema, warmup_cosine
-from xrlib.models.unet import build_unet, diffusion_loss_fn
-from xrlib.params import check_params, load_params
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's xrlib, whichever is installed
+
+from xrlib.models.restorer import restorer_model_config, restorer_settings  # noqa: E402
+from xrlib.models.sampling import make_scheduler, sample  # noqa: E402
+from xrlib.models.training import ema_decay_at, select_device, update_ema, warmup_cosine  # noqa: E402
+from xrlib.models.unet import build_unet, diffusion_loss_fn  # noqa: E402
+from xrlib.params import check_params, load_params  # noqa: E402
 
 SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm_solver", 20))
 DEFAULT_SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
