@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 
 from xrlib.models.checkpoint import latest_checkpoint, list_checkpoints
 from xrlib.errors import ConfigError
+from xrlib.params import parse
 from xrlib.models import training
 from xrlib.models.training import (
     SeededBatches, TrainConfig, drop_logged_after, ema_decay_at, train, update_ema, warmup_cosine,
@@ -89,9 +90,12 @@ def test_ema_follows_its_closed_form():
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10_000, 0.999) == 0.999
 
 
-def test_unknown_training_parameter_is_named():
+def test_training_settings_are_checked_by_the_params_schema():
     with pytest.raises(ConfigError, match="learnig_rate"):
-        TrainConfig.from_mapping({"learnig_rate": 1e-3})
+        parse(TrainConfig, {"learnig_rate": 1e-3}, "train")
+    with pytest.raises(ConfigError, match="train.steps = 0 is out of range"):
+        parse(TrainConfig, {"steps": 0}, "train")
+    assert parse(TrainConfig, {"learning_rate": "1e-4"}, "train").learning_rate == pytest.approx(1e-4)
 
 
 def test_loss_falls_and_lr_warms_up_then_follows_the_cosine(tmp_path):
@@ -260,9 +264,12 @@ def test_dvclive_rows_past_the_checkpoint_and_cut_rows_are_dropped_atomically(tm
     assert written == [table]
 
 
-def test_a_failing_run_with_a_mistyped_setting_deletes_nothing(tmp_path):
+def test_a_mistyped_setting_is_refused_before_anything_is_touched(tmp_path):
     run_tiny_training(tmp_path, steps=5)
     earlier = only_run(tmp_path)
-    with pytest.warns(UserWarning, match="are kept"), pytest.raises((TypeError, ConfigError)):
-        run_tiny_training(tmp_path, steps=5, learning_rate="1e-4")  # YAML 1.1 reads 1e-4 as text
-    assert [p.name for p in list_checkpoints(earlier)] == ["step-00000005"]
+    with pytest.raises(ConfigError, match="learning_rate = 'fast': expected float"):
+        run_tiny_training(tmp_path, steps=5, learning_rate="fast")
+    assert [p.name for p in list_checkpoints(earlier)] == ["step-00000005"] and only_run(tmp_path) == earlier
+    with pytest.warns(UserWarning, match="are kept"):  # YAML 1.1 reads 1e-4 as text: taken as the number, a new run
+        run_tiny_training(tmp_path, steps=5, learning_rate="1e-4")
+    assert [p.name for p in list_checkpoints(earlier)] == ["step-00000005"] and len(list((tmp_path / "checkpoints").iterdir())) == 2

@@ -29,7 +29,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from xrlib.models.checkpoint import load_latest_checkpoint, remove_staging, save_checkpoint
 from xrlib.errors import CheckpointError, ConfigError
 from xrlib.io import write_json_atomic, write_text_atomic
+from xrlib.params import parse, setting
 
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
 
@@ -53,19 +54,19 @@ RESULT_SETTINGS = ("batch_size", "learning_rate", "weight_decay", "warmup_steps"
 class TrainConfig:
     """Training settings (the ``train`` part of a params.yaml config); ``batch_size`` is per rank."""
 
-    steps: int = 300
-    batch_size: int = 8
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    grad_clip_norm: float = 1.0
-    ema_decay: float = 0.999
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    sample_every: int = 0
-    seed: int = 0
-    num_workers: int = 0
+    steps: int = setting(300, low=1)
+    batch_size: int = setting(8, low=1)
+    learning_rate: float = setting(2e-4, above=0.0)
+    weight_decay: float = setting(0.0, low=0.0)
+    warmup_steps: int = setting(20, low=0)
+    grad_clip_norm: float = setting(1.0, above=0.0)
+    ema_decay: float = setting(0.999, low=0.0, below=1.0)
+    checkpoint_every: int = setting(100, low=1)
+    keep_checkpoints: int = setting(2, low=1)
+    log_every: int = setting(10, low=1)
+    sample_every: int = setting(0, low=0)
+    seed: int = setting(0, low=0)
+    num_workers: int = setting(0, low=0)
     bf16: bool = True
     device: str = "auto"
     progress: bool = True
@@ -76,16 +77,6 @@ class TrainConfig:
         settings = {k: v for k, v in asdict(self).items() if k in RESULT_SETTINGS}
         return {**settings, "n_items": int(n_items)}
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown training parameters {unknown}; known ones are {sorted(known)}")
-        config = cls(**values)
-        if config.steps < 1 or config.batch_size < 1 or config.checkpoint_every < 1:
-            raise ConfigError("train.steps, train.batch_size and train.checkpoint_every must be positive")
-        return config
 
 
 def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
@@ -253,7 +244,7 @@ def train(
     rank 0 writes checkpoints and logs. Returns {"model", "ema", "step", "history"}; history holds
     (step, mean loss of the last ``log_every`` steps, averaged over ranks) for this run.
     """
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_mapping(config)
+    cfg = config if isinstance(config, TrainConfig) else parse(TrainConfig, config, "train")
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
