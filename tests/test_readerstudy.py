@@ -89,6 +89,18 @@ def test_widget_records_answers_through_its_callbacks(condition_table, tmp_path)
     assert len(read_ratings(ratings_path)) == 1
 
 
+def test_widget_opens_a_deck_without_references_read_back_from_csv(condition_table, tmp_path):
+    deck, _ = build_deck(condition_table.drop(columns="reference_path"), seed=0)
+    deck.to_csv(tmp_path / "deck.csv", index=False)
+    read_back = pd.read_csv(tmp_path / "deck.csv")  # empty references come back as NaN
+    assert read_back["reference_path"].isna().all()
+    widget = RatingWidget(read_back, tmp_path / "alice.csv", reader="alice")
+    assert bytes(widget.image.value).startswith(b"\x89PNG") and bytes(widget.reference.value) == b""
+    fill_widget(widget, full_answers(60))
+    widget.submit_button.click()
+    assert len(read_ratings(tmp_path / "alice.csv")) == 1
+
+
 def test_widget_resumes_after_a_crash_and_finishes(condition_table, tmp_path, monkeypatch):
     deck, _ = build_deck(condition_table, seed=0)
     ratings_path = tmp_path / "reader_b.csv"

@@ -396,7 +396,8 @@ class RatingWidget:
         entry = self.deck.loc[self.current_case]
         self.image.value = display_png_bytes(entry["image_path"], self.max_size_px)
         reference = entry.get("reference_path", "")
-        self.reference.value = display_png_bytes(reference, self.max_size_px) if reference else b""
+        # a deck read back with pandas holds NaN where no reference was given
+        self.reference.value = display_png_bytes(reference, self.max_size_px) if isinstance(reference, str) and reference else b""
         for question in QUESTIONS:
             control = self.inputs[question.key]
             control.value = None if question.is_yes_no else (question.low + question.high) // 2
