@@ -63,11 +63,12 @@ def twin_checks(translation_checks: pd.DataFrame, generators: Sequence[str],
         if found.empty:
             raise DataError(f"no translation check for generator '{generator}'; 03_lq_munit writes one per generator")
         report = found.iloc[0]
+        verdict = criteria.verdict(report)
         rows.append(_row("LQ twin keeps the HQ anatomy (low-pass SSIM)", generator, report.low_pass_ssim,
-                         f">= {criteria.min_low_pass_ssim}", report.low_pass_ssim >= criteria.min_low_pass_ssim))
+                         f">= {criteria.min_low_pass_ssim}", verdict["anatomy_kept"]))
         rows.append(_row("LQ twin reaches the DRR domain (spectrum distance, twin / HQ)", generator,
                          report.spectrum_distance_ratio, f"<= {criteria.max_spectrum_distance_ratio}",
-                         report.spectrum_distance_ratio <= criteria.max_spectrum_distance_ratio))
+                         verdict["reached_drr_domain"]))
     return rows
 
 
