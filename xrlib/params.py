@@ -253,6 +253,10 @@ class ScheduleSchema:
     loss: Literal["l1", "l2"] = "l2"
     target: Literal["image", "residual"] = "image"
     residual_scale: float = setting(1.0, above=0.0)
+    process: Literal["diffusion", "indi"] = "diffusion"
+    """diffusion: a DDPM from noise; indi: a bridge from the input (InDI, Delbracio and Milanfar 2023; predicts x0)."""
+    indi_noise: float = setting(0.0, low=0.0)
+    """InDI: noise standard deviation at t = 1, in diffusion-space units (0: a deterministic bridge)."""
 
 
 SAMPLERS = Literal["ddpm", "ddim", "dpm_solver"]
@@ -387,6 +391,8 @@ class RestoreSettings:
     steps: int = setting(low=1)
     strength: float = setting(1.0, above=0.0, high=1.0)
     """1: sample from pure noise; below 1: start from the upsampled input noised that far (CCDF)."""
+    indi_steps_sweep: Optional[list[int]] = setting(None, low=1)
+    """InDI restorers: step counts tried on validation pairs; 05 keeps the largest that beats the input (null: ``steps``)."""
     batch_size: int = setting(low=1)
     input_px: Optional[int] = setting(None, low=8)
     zoom_px: int = setting(low=1)
@@ -512,6 +518,11 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     if settings["lq_ddpm"].image_px != pairs.lq_px:
         raise ConfigError(f"lq_ddpm.image_px = {settings['lq_ddpm'].image_px} must equal pairs.lq_px = "
                           f"{pairs.lq_px}: DDPM-LQ twins are made at the restorer's input size")
+    for name, overrides in restorer.configs.items():
+        schedule = deep_merge(restorer.base, overrides).get("schedule", {})
+        if schedule.get("process") == "indi" and schedule.get("prediction_type") != "sample":
+            raise ConfigError(f"restorer configuration '{name}': schedule.process 'indi' predicts the clean image; "
+                              "set schedule.prediction_type to 'sample'")
     crop_px = restorer.base.get("crop_px")
     if crop_px is not None and crop_px > pairs.hq_px:
         raise ConfigError(f"restorer.base.crop_px = {crop_px} exceeds pairs.hq_px = {pairs.hq_px}")

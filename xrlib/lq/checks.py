@@ -82,23 +82,29 @@ def spectrum_shape_distance(shape_a: torch.Tensor, shape_b: torch.Tensor) -> flo
 def translation_report(hq_display: torch.Tensor, lq_display: torch.Tensor, drr_display: torch.Tensor, low_pass_sigma_px: float) -> dict[str, float]:
     """How far LQ twins moved from their HQ images toward the DRR domain, and how much anatomy they kept.
 
-    All are measured at the HQ size: LQ twins (same count as HQ, any size) and DRRs (any count) are
-    bicubic-resampled to it. Spectrum: :func:`spectrum_shape` of each set;
-    sharpness: mean of :func:`sharpness`. ``*_fraction`` = :func:`fraction_moved` (0 HQ, 1 DRR).
-    ``spectrum_distance_{hq,lq}_to_drr``: :func:`spectrum_shape_distance` of the HQ images and of
-    the twins to the DRRs; ``spectrum_distance_ratio`` the second over the first (below 1: the
-    twins are nearer the DRR domain than their HQ images).
-    ``low_pass_ssim`` = mean SSIM of the Gaussian low-passes (sigma ``low_pass_sigma_px``) of twin and HQ.
+    Domain (spectrum and sharpness) is measured at the twins' own size, where the restorer meets
+    them: HQ images and DRRs (any count) are resampled to it (bicubic, antialiased), the twins are
+    not. Measured at the HQ size instead, an upsampled twin lacks the top octave by construction,
+    which no generator can change, and artefacts there would count as "DRR-like" (a bicubic twin
+    is exactly the downsampled HQ image, so at its own size it has not moved at all). Anatomy is
+    measured at the HQ size: ``low_pass_ssim`` = mean SSIM of the Gaussian low-passes (sigma
+    ``low_pass_sigma_px`` HQ pixels) of the upsampled twin and the HQ image.
+    Spectrum: :func:`spectrum_shape` of each set; sharpness: mean of :func:`sharpness`.
+    ``*_fraction`` = :func:`fraction_moved` (0 HQ, 1 DRR). ``spectrum_distance_{hq,lq}_to_drr``:
+    :func:`spectrum_shape_distance` of the HQ images and of the twins to the DRRs;
+    ``spectrum_distance_ratio`` the second over the first (below 1: the twins are nearer the DRR
+    domain than their HQ images).
     """
     size = hq_display.shape[-1]
     if lq_display.shape[0] != hq_display.shape[0]:
         raise DataError(f"{lq_display.shape[0]} LQ twins for {hq_display.shape[0]} HQ images; they must pair up")
-    lq = resize_bicubic(lq_display, (size, size))
-    drr = resize_bicubic(drr_display, (size, size))
-    spectra = {name: spectrum_shape(x) for name, x in (("hq", hq_display), ("lq", lq), ("drr", drr))}
-    sharp = {name: sharpness(x).mean() for name, x in (("hq", hq_display), ("lq", lq), ("drr", drr))}
+    lq_size = tuple(lq_display.shape[-2:])
+    at_lq_size = {"hq": resize_bicubic(hq_display, lq_size), "lq": lq_display, "drr": resize_bicubic(drr_display, lq_size)}
+    spectra = {name: spectrum_shape(x) for name, x in at_lq_size.items()}
+    sharp = {name: sharpness(x).mean() for name, x in at_lq_size.items()}
     distance_hq = spectrum_shape_distance(spectra["hq"], spectra["drr"])
     distance_lq = spectrum_shape_distance(spectra["lq"], spectra["drr"])
+    lq = resize_bicubic(lq_display, (size, size))
     return {
         "spectrum_fraction": fraction_moved(spectra["hq"], spectra["drr"], spectra["lq"]),
         "spectrum_distance_hq_to_drr": distance_hq,

@@ -18,13 +18,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from xrlib.errors import ConfigError
+from xrlib.errors import ConfigError, DataError
+from xrlib.eval.quality import psnr_db, ssim
 from xrlib.io import load_png, save_png16
 from xrlib.data.pairs import PairDataset, from_model_range, read_pairs, resize_bicubic, to_model_range
 from xrlib.params import RestorerSettings, check_params, deep_merge, load_params
 from xrlib.paths import project_root
 from xrlib import stages
-from xrlib.models.sampling import from_diffusion_space, make_scheduler, sample, sdedit, to_diffusion_space
+from xrlib.models.sampling import (diffusion_process, from_diffusion_space, indi_restore, make_scheduler, sample, sdedit,
+                                   to_diffusion_space)
 from xrlib.models.training import init_distributed
 from xrlib.models.unet import downsampling_factor, train_diffusion
 
@@ -62,12 +64,18 @@ def restore_condition(
 ) -> torch.Tensor:
     """Restored images in [-1, 1] from a condition (B, C, H, W) at the output size (H, W multiples of the UNet's factor).
 
-    ``strength`` 1 samples from pure noise. Below 1 the reverse process starts from the upsampled
+    An InDI model (``schedule.process: indi``) runs ``steps`` InDI steps from the input itself
+    (:func:`xrlib.models.sampling.indi_restore`); ``sampler`` and ``strength`` are for diffusion models.
+    For those, ``strength`` 1 samples from pure noise. Below 1 the reverse process starts from the upsampled
     LQ image itself (a zero residual, or the condition for an image target) noised to ``strength``
     of the schedule and runs only that fraction of the ``steps`` (Come-Closer-Diffuse-Faster,
     Chung, Sim and Ye, CVPR 2022): fewer steps, and the lower the strength the less is invented.
     """
     schedule = model_config["schedule"]
+    if diffusion_process(schedule) == "indi":
+        degraded = to_diffusion_space(condition[:, :1], condition, schedule)
+        drawn = indi_restore(model, schedule, degraded, steps, condition, generator)
+        return from_diffusion_space(drawn, condition.to(drawn.device), schedule)
     scheduler = make_scheduler(sampler, schedule)
     if strength >= 1.0:
         drawn = sample(model, scheduler, condition=condition, steps=steps, generator=generator, clamp=False)
@@ -138,6 +146,87 @@ def restore_files(
             for image_id, image in zip(chunk, restored.cpu().numpy()):
                 written[image_id] = save_png16(Path(output_dir) / f"{image_id}.png", image[0])
     return written
+
+
+def steps_sweep(
+    model: torch.nn.Module,
+    model_config: Mapping[str, Any],
+    manifest: pd.DataFrame,
+    root: str | Path,
+    steps_options: Sequence[int],
+    seed: int = 0,
+    **restore_kwargs: Any,
+) -> pd.DataFrame:
+    """PSNR and SSIM against the HQ image of each pair of ``manifest`` restored in each of ``steps_options`` steps,
+    beside its bicubic-upsampled LQ input's (the "LQ input" row of the paper's table).
+
+    Columns: pair_id, patient_id (if the manifest has it), steps, psnr_db, ssim, input_psnr_db, input_ssim.
+    Each image keeps its own seed (:func:`image_seed`) whatever the step count.
+    """
+    if not len(manifest):
+        raise DataError("steps_sweep: no pairs to restore (is the validation split empty?)")
+    root = Path(root)
+    device = next(model.parameters()).device
+    rows = []
+    for pair in manifest.itertuples():
+        lq_image = torch.from_numpy(load_png(root / pair.lq_path))[None, None]
+        hq_image = torch.from_numpy(load_png(root / pair.hq_path))[None, None]
+        upsampled = resize_bicubic(lq_image, tuple(hq_image.shape[-2:])).clamp(0, 1)
+        baseline = {"input_psnr_db": float(psnr_db(upsampled, hq_image)[0]), "input_ssim": float(ssim(upsampled, hq_image)[0])}
+        for steps in steps_options:
+            generator = torch.Generator(device=device).manual_seed(image_seed(seed, pair.pair_id))
+            restored = restore(model, model_config, lq_image.to(device), steps=int(steps), generator=generator,
+                               **restore_kwargs).cpu()
+            if restored.shape != hq_image.shape:
+                raise DataError(f"pair {pair.pair_id}: restored {tuple(restored.shape[-2:])} but HQ is "
+                                f"{tuple(hq_image.shape[-2:])}; the pair sizes do not match the model's scale")
+            rows.append({"pair_id": pair.pair_id, "patient_id": getattr(pair, "patient_id", pair.pair_id),
+                         "steps": int(steps), "psnr_db": float(psnr_db(restored, hq_image)[0]),
+                         "ssim": float(ssim(restored, hq_image)[0]), **baseline})
+    return pd.DataFrame(rows)
+
+
+def choose_restore_steps(sweep: pd.DataFrame) -> pd.Series:
+    """The most detailed setting that still beats its input: the largest step count whose restorations score
+    higher than their LQ inputs in mean PSNR and in mean SSIM (over :func:`steps_sweep`'s pairs).
+
+    More InDI steps add detail and cost fidelity (Blau and Michaeli 2018), so this keeps as much
+    detail as the paper's own measure allows. If no step count beats the input, the one with the
+    highest mean PSNR gain. Returns the chosen row of the per-steps means (``chosen`` says which rule).
+    """
+    needed = {"steps", "psnr_db", "ssim", "input_psnr_db", "input_ssim"}
+    if missing := needed - set(sweep.columns):
+        raise DataError(f"choose_restore_steps: the sweep lacks {sorted(missing)}")
+    means = sweep.groupby("steps")[["psnr_db", "ssim", "input_psnr_db", "input_ssim"]].mean()
+    means["psnr_gain_db"] = means.psnr_db - means.input_psnr_db
+    means["ssim_gain"] = means.ssim - means.input_ssim
+    beating = means[(means.psnr_gain_db > 0) & (means.ssim_gain > 0)]
+    if len(beating):
+        return pd.concat([beating.iloc[-1], pd.Series({"steps": beating.index[-1], "chosen": "largest beating input"})])
+    best = means.psnr_gain_db.idxmax()
+    return pd.concat([means.loc[best], pd.Series({"steps": best, "chosen": "highest PSNR gain (none beats input)"})])
+
+
+def validated_steps(
+    model: torch.nn.Module,
+    model_config: Mapping[str, Any],
+    root: str | Path,
+    steps_options: Sequence[int] | None,
+    default_steps: int,
+    seed: int = 0,
+) -> tuple[int, pd.DataFrame]:
+    """The step count an InDI restorer restores with: :func:`choose_restore_steps` over ``steps_options`` on the
+    validation pairs of its own generator (the pairs it was trained from); ``default_steps`` for a diffusion
+    model, without ``steps_options``, or when its generator has no validation pairs. Returns it and the sweep.
+    """
+    if diffusion_process(model_config["schedule"]) != "indi" or not steps_options:
+        return int(default_steps), pd.DataFrame()
+    data = model_config["data"]
+    val_pairs = read_pairs(Path(root) / data["pairs"], data["generator"], "val")
+    if not len(val_pairs):
+        return int(default_steps), pd.DataFrame()
+    sweep = steps_sweep(model, model_config, val_pairs, root, steps_options, seed)
+    return int(choose_restore_steps(sweep)["steps"]), sweep
 
 
 def restorer_settings(section: RestorerSettings, name: str) -> dict[str, Any]:

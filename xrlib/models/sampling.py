@@ -31,6 +31,7 @@ BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 LOSSES = ("l1", "l2")
 TARGETS = ("image", "residual")
+PROCESSES = ("diffusion", "indi")
 
 Guidance = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -70,6 +71,16 @@ def diffusion_target(schedule_config: Mapping[str, Any]) -> str:
     if target not in TARGETS:
         raise ConfigError(f"schedule.target '{target}' unknown; use one of {TARGETS}")
     return target
+
+
+def diffusion_process(schedule_config: Mapping[str, Any]) -> str:
+    """How the model reaches the clean image: ``diffusion`` (DDPM from noise) or ``indi`` (a bridge from the input)."""
+    process = schedule_config.get("process", "diffusion")
+    if process not in PROCESSES:
+        raise ConfigError(f"schedule.process '{process}' unknown; use one of {PROCESSES}")
+    if process == "indi" and schedule_config.get("prediction_type", "epsilon") != "sample":
+        raise ConfigError("schedule.process 'indi' predicts the clean image: set schedule.prediction_type to 'sample'")
+    return process
 
 
 def residual_scale(schedule_config: Mapping[str, Any]) -> float:
@@ -132,6 +143,70 @@ def diffusion_loss(
     else:
         target = noise
     return F.l1_loss(prediction, target.float()) if loss == "l1" else F.mse_loss(prediction, target.float())
+
+
+def _indi_timesteps(times: torch.Tensor, schedule_config: Mapping[str, Any]) -> torch.Tensor:
+    """Bridge time t in [0, 1] as the UNet's (continuous) timestep, on the scale of ``num_train_timesteps``."""
+    return times * (int(schedule_config.get("num_train_timesteps", 1000)) - 1)
+
+
+def indi_loss(
+    model: torch.nn.Module,
+    schedule_config: Mapping[str, Any],
+    clean: torch.Tensor,
+    degraded: torch.Tensor,
+    seeds: Sequence[int] | torch.Tensor,
+    condition: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """InDI's training loss (Delbracio and Milanfar 2023, eq. 5): || F(x_t, t) - x || at t ~ U(0, 1].
+
+    x_t = (1 - t) ``clean`` + t ``degraded`` + t ``indi_noise`` n, both in the model's diffusion space
+    (:func:`to_diffusion_space`; for a residual target the degraded residual is zero). Each sample's
+    t and noise come from its own generator seeded with ``seeds[i]``, as in :func:`diffusion_loss`.
+    """
+    loss = schedule_config.get("loss", "l2")
+    if loss not in LOSSES:
+        raise ConfigError(f"schedule.loss '{loss}' unknown; use one of {LOSSES}")
+    generators = _per_sample_generators(seeds, clean.device)
+    times = torch.cat([1.0 - torch.rand((1,), generator=g, device=clean.device) for g in generators])  # (0, 1]
+    noise = randn_tensor(clean.shape, generator=generators, device=clean.device, dtype=clean.dtype)
+    t = times.view(-1, *([1] * (clean.dim() - 1))).to(clean.dtype)
+    noisy = (1 - t) * clean + t * degraded.to(clean) + t * float(schedule_config.get("indi_noise", 0.0)) * noise
+    model_input = noisy if condition is None else torch.cat([noisy, condition], dim=1)
+    prediction = model(model_input, _indi_timesteps(times, schedule_config)).sample.float()
+    return F.l1_loss(prediction, clean.float()) if loss == "l1" else F.mse_loss(prediction, clean.float())
+
+
+@torch.no_grad()
+def indi_restore(
+    model: torch.nn.Module,
+    schedule_config: Mapping[str, Any],
+    degraded: torch.Tensor,
+    steps: int,
+    condition: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """InDI's restoration (Delbracio and Milanfar 2023, eq. 7) from ``degraded`` in ``steps`` equal steps.
+
+    x_1 = ``degraded`` (+ ``indi_noise`` n); x_{t-d} = (d / t) F(x_t, t) + (1 - d / t) x_t down to t = 0.
+    One step returns F(x_1, 1), the network's estimate of E[x | y]. Returns the raw diffusion-space result.
+    """
+    if steps < 1:
+        raise ConfigError(f"InDI needs at least one step, got {steps}")
+    reference = next(model.parameters())
+    current = degraded.to(reference.device, torch.float32)
+    if condition is not None:
+        condition = condition.to(reference.device, current.dtype)
+    noise_std = float(schedule_config.get("indi_noise", 0.0))
+    if noise_std > 0:
+        current = current + noise_std * randn_tensor(current.shape, generator=generator, device=current.device, dtype=current.dtype)
+    times = torch.linspace(1.0, 0.0, steps + 1, device=current.device)
+    for t, t_next in zip(times[:-1], times[1:]):
+        model_input = current if condition is None else torch.cat([current, condition], dim=1)
+        estimate = model(model_input, _indi_timesteps(t.expand(current.shape[0]), schedule_config)).sample.to(current.dtype)
+        share = (t - t_next) / t
+        current = share * estimate + (1 - share) * current
+    return current
 
 
 def _denoise(

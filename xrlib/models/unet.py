@@ -22,7 +22,7 @@ from safetensors.torch import save_model
 from xrlib.models.checkpoint import load_weights, read_config
 from xrlib.errors import CheckpointError, ConfigError
 from xrlib.io import atomic_path
-from xrlib.models.sampling import diffusion_loss, make_scheduler, to_diffusion_space
+from xrlib.models.sampling import diffusion_loss, diffusion_process, indi_loss, make_scheduler, to_diffusion_space
 from xrlib.models.training import train
 
 
@@ -84,7 +84,21 @@ def load_model(path: str | Path, expected_config: Mapping[str, Any] | None = Non
 
 
 def diffusion_loss_fn(schedule_config: Mapping[str, Any]):
-    """The training loss for :func:`xrlib.models.training.train`: batches of {"image", "seed"[, "condition"]}."""
+    """The training loss for :func:`xrlib.models.training.train`: batches of {"image", "seed"[, "condition"]}.
+
+    A DDPM's denoising loss, or for ``schedule.process: indi`` InDI's, whose degraded end is the
+    condition's first channel (the upsampled LQ image) taken into the same diffusion space.
+    """
+    if diffusion_process(schedule_config) == "indi":
+        def indi_loss_fn(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+            condition = batch.get("condition")
+            if condition is None:
+                raise ConfigError("schedule.process 'indi' needs batches with a condition (the upsampled LQ image)")
+            clean = to_diffusion_space(batch["image"], condition, schedule_config)
+            degraded = to_diffusion_space(condition[:, :1], condition, schedule_config)
+            return indi_loss(model, schedule_config, clean, degraded, batch["seed"], condition)
+
+        return indi_loss_fn
     scheduler = make_scheduler("ddpm", schedule_config)
     loss = schedule_config.get("loss", "l2")
 

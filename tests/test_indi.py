@@ -1,0 +1,130 @@
+"""InDI (Delbracio and Milanfar 2023): the bridge's loss and restoration against answers known without training.
+
+Known answers: an exact denoiser (it returns the clean target) restores it in any number of steps;
+a zero residual gives back the upsampled input; and for Gaussian data x ~ N(0, s^2) bridged from
+noise z ~ N(0, e^2), whose posterior mean is E[x | x_t] = (1 - t) s^2 / ((1 - t)^2 s^2 + t^2 e^2) x_t,
+one step returns that mean (0 at t = 1) and many steps transport the noise onto the data's
+spread s (InDI's iteration is the Euler scheme of the bridge's marginal-preserving ODE).
+"""
+
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from xrlib.errors import ConfigError, DataError
+from xrlib.models.restorer import choose_restore_steps, restore, restore_condition
+from xrlib.models.sampling import diffusion_process, indi_loss, indi_restore, to_diffusion_space
+from xrlib.models.unet import diffusion_loss_fn
+from xrlib.params import check_params, load_params
+
+torch.set_num_threads(1)
+
+T = 1000
+INDI = {"num_train_timesteps": T, "prediction_type": "sample", "loss": "l2", "target": "residual",
+        "residual_scale": 0.1, "process": "indi", "indi_noise": 0.0}
+
+
+class BridgeDenoiser(torch.nn.Module):
+    """A 'model' F(x_t, t) given in closed form by ``estimate(x_t, t, condition)``."""
+
+    def __init__(self, estimate):
+        super().__init__()
+        self.estimate = estimate
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.config = SimpleNamespace(out_channels=1)
+
+    def forward(self, model_input, timesteps):
+        t = (timesteps.double() / (T - 1)).view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=self.estimate(model_input[:, :1].double(), t, model_input[:, 1:]).float())
+
+
+def hq_and_condition(seed=1):
+    hq = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 1.6 - 0.8
+    condition = (hq + 0.1 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(seed + 1))).clamp(-1, 1)
+    return hq, condition
+
+
+@pytest.mark.parametrize("steps", [1, 3, 8])
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_the_exact_denoiser_restores_the_hq_image_in_any_number_of_steps(steps, noise):
+    hq, condition = hq_and_condition()
+    schedule = {**INDI, "indi_noise": noise}
+    true_residual = to_diffusion_space(hq, condition, schedule).double()
+    exact = BridgeDenoiser(lambda x_t, t, c: true_residual)
+    restored = restore_condition(exact, {"schedule": schedule}, condition, steps=steps,
+                                 generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(restored, hq, atol=1e-5, rtol=0)
+
+
+def test_a_zero_residual_gives_back_the_upsampled_input():
+    lq = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    zero = BridgeDenoiser(lambda x_t, t, c: torch.zeros_like(x_t))
+    restored = restore(zero, {"unet": {"block_out_channels": [8, 16]}, "schedule": INDI, "scale": 2}, lq, steps=4)
+    upsampled = torch.nn.functional.interpolate(lq, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+    torch.testing.assert_close(restored, upsampled, atol=1e-6, rtol=0)
+
+
+def gaussian_posterior_mean(data_std, noise_std):
+    def estimate(x_t, t, condition):
+        return (1 - t) * data_std**2 / ((1 - t) ** 2 * data_std**2 + t**2 * noise_std**2) * x_t
+    return estimate
+
+
+def test_one_step_is_the_posterior_mean_and_many_steps_reach_the_data_spread():
+    data_std, noise_std = 0.7, 1.0
+    schedule = {**INDI, "target": "image", "indi_noise": noise_std}
+    model = BridgeDenoiser(gaussian_posterior_mean(data_std, noise_std))
+    start = torch.zeros(4, 1, 64, 64)
+    one = indi_restore(model, schedule, start, 1, generator=torch.Generator().manual_seed(0))
+    assert one.abs().max() == 0  # E[x | x_1] = 0: x_1 is pure noise
+    many = indi_restore(model, schedule, start, 400, generator=torch.Generator().manual_seed(0))
+    assert many.std().item() == pytest.approx(data_std, rel=0.03)
+    few = indi_restore(model, schedule, start, 4, generator=torch.Generator().manual_seed(0))
+    assert 0 < few.std().item() < many.std().item()  # fewer steps: nearer the mean, less spread
+
+
+def test_the_loss_vanishes_for_the_exact_denoiser_only_and_training_batches_use_it():
+    hq, condition = hq_and_condition()
+    schedule = {**INDI, "indi_noise": 0.3}
+    clean = to_diffusion_space(hq, condition, schedule)
+    degraded = to_diffusion_space(condition, condition, schedule)
+    seeds = torch.tensor([5, 6])
+    assert indi_loss(BridgeDenoiser(lambda x_t, t, c: clean.double()), schedule, clean, degraded, seeds, condition) == 0
+    wrong = BridgeDenoiser(lambda x_t, t, c: x_t)
+    assert indi_loss(wrong, schedule, clean, degraded, seeds, condition) > 0.01
+    batch = {"image": hq, "condition": condition, "seed": seeds}
+    assert diffusion_loss_fn(schedule)(BridgeDenoiser(lambda x_t, t, c: clean.double()), batch) == 0
+    with pytest.raises(ConfigError, match="condition"):
+        diffusion_loss_fn(schedule)(wrong, {"image": hq, "seed": seeds})
+
+
+def test_indi_needs_x0_prediction_and_a_known_process():
+    with pytest.raises(ConfigError, match="prediction_type"):
+        diffusion_process({**INDI, "prediction_type": "epsilon"})
+    with pytest.raises(ConfigError, match="process"):
+        diffusion_process({**INDI, "process": "bridge"})
+    params = load_params()
+    params["restorer"]["configs"]["diffusionxray_munit"]["schedule"] = {"process": "indi", "prediction_type": "epsilon"}
+    with pytest.raises(ConfigError, match="diffusionxray_munit.*prediction_type"):
+        check_params(params)
+
+
+def sweep_table(gains_by_steps):
+    rows = []
+    for steps, (psnr_gain, ssim_gain) in gains_by_steps.items():
+        for pair in range(3):
+            rows.append({"pair_id": f"p{pair}", "steps": steps, "input_psnr_db": 20.0 + pair, "input_ssim": 0.5,
+                         "psnr_db": 20.0 + pair + psnr_gain, "ssim": 0.5 + ssim_gain})
+    return pd.DataFrame(rows)
+
+
+def test_the_largest_step_count_that_beats_the_input_is_chosen():
+    chosen = choose_restore_steps(sweep_table({1: (1.0, 0.02), 2: (0.5, 0.01), 4: (0.2, -0.01), 8: (-0.5, -0.03)}))
+    assert chosen["steps"] == 2 and chosen["chosen"] == "largest beating input"
+    assert chosen["psnr_gain_db"] == pytest.approx(0.5)
+    fallback = choose_restore_steps(sweep_table({1: (-0.2, 0.01), 4: (-0.1, -0.01)}))
+    assert fallback["steps"] == 4 and "none beats" in fallback["chosen"]
+    with pytest.raises(DataError, match="input_ssim"):
+        choose_restore_steps(sweep_table({1: (1, 1)}).drop(columns="input_ssim"))
