@@ -128,3 +128,43 @@ def test_the_largest_step_count_that_beats_the_input_is_chosen():
     assert fallback["steps"] == 4 and "none beats" in fallback["chosen"]
     with pytest.raises(DataError, match="input_ssim"):
         choose_restore_steps(sweep_table({1: (1, 1)}).drop(columns="input_ssim"))
+
+
+def write_val_pairs(root, n=3):
+    """A pair manifest of ``n`` validation pairs (HQ 16 px, bicubic LQ 8 px) written as PNGs under ``root``."""
+    from xrlib.data.pairs import PAIR_COLUMNS, resize_bicubic
+    from xrlib.io import save_png16
+
+    rows = []
+    for i in range(n):
+        hq = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(i))
+        lq = resize_bicubic(hq, (8, 8))
+        save_png16(root / f"hq{i}.png", hq[0, 0].numpy())
+        save_png16(root / f"lq{i}.png", lq[0, 0].numpy())
+        rows.append({"pair_id": f"bicubic-{i}", "unit_id": f"p{i}", "split_unit": "patient", "patient_id": f"p{i}",
+                     "split": "val", "generator": "bicubic", "generator_params": "{}", "lq_path": f"lq{i}.png",
+                     "hq_path": f"hq{i}.png"})
+    pd.DataFrame(rows, columns=list(PAIR_COLUMNS)).to_csv(root / "pairs.csv", index=False)
+    return pd.DataFrame(rows)
+
+
+def test_validation_sweep_scores_each_step_count_against_the_input_and_diffusion_models_keep_their_steps(tmp_path):
+    from xrlib.models.restorer import steps_sweep, validated_steps
+
+    manifest = write_val_pairs(tmp_path)
+    zero = BridgeDenoiser(lambda x_t, t, c: torch.zeros_like(x_t))  # restores the upsampled input itself
+    config = {"unet": {"block_out_channels": [8, 16]}, "schedule": INDI, "scale": 2,
+              "data": {"generator": "bicubic", "pairs": "pairs.csv"}}
+    sweep = steps_sweep(zero, config, manifest, tmp_path, [1, 4])
+    assert len(sweep) == 6 and sorted(sweep.steps.unique()) == [1, 4]
+    # 16-bit PNG rounding apart, a zero residual scores exactly as its input
+    assert (sweep.psnr_db - sweep.input_psnr_db).abs().max() < 1e-6
+    assert sweep.input_psnr_db.between(10, 60).all() and sweep.input_ssim.between(0, 1).all()
+    steps, table = validated_steps(zero, config, tmp_path, [1, 4], default_steps=20)
+    assert steps in (1, 4) and len(table) == 6
+    diffusion = {**config, "schedule": {"prediction_type": "epsilon"}}
+    assert validated_steps(zero, diffusion, tmp_path, [1, 4], default_steps=20)[0] == 20
+    no_val = {**config, "data": {"generator": "munit", "pairs": "pairs.csv"}}
+    assert validated_steps(zero, no_val, tmp_path, [1, 4], default_steps=20)[0] == 20
+    with pytest.raises(DataError, match="no pairs"):
+        steps_sweep(zero, config, manifest.iloc[:0], tmp_path, [1])

@@ -260,7 +260,7 @@ def train_restorer(section: RestorerSettings, name: str, scale: int, root: str |
 
     Pairs come from ``settings["pairs"]`` (relative to ``root``) filtered by ``generator`` and
     split ``train``; EMA weights go to ``run_dir/restorer_ema.safetensors``. dvclive logs, every
-    ``sample_every`` steps, LQ crops, their DDIM-20 restorations and the HQ crops side by side.
+    ``sample_every`` steps, LQ crops, their 20-step restorations (InDI steps or DDIM) and the HQ crops side by side.
     """
     settings = restorer_settings(section, name)
     root = Path(root)
