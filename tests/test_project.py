@@ -3,6 +3,7 @@
 import json
 import re
 
+import nbformat
 import yaml
 
 
@@ -37,6 +38,8 @@ def test_notebooks_are_output_free_and_parameterised(project_root):
         assert "parameters" in code[0]["metadata"].get("tags", []), f"{path.name}: first code cell not tagged parameters"
         assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", path.name), f"{path.name}: name as NN_name.ipynb"
         assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+        assert all("id" in cell for cell in notebook["cells"]), f"{path.name}: a cell lacks its id (nbformat 4.5)"
+        nbformat.validate(nbformat.reads(path.read_text(), as_version=nbformat.NO_CONVERT))
 
 
 def test_every_stage_runs_its_notebook_with_the_params_file(project_root):
