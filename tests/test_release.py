@@ -7,13 +7,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.tiny_run import tiny_params
+from tests.tiny_run import ROOT, tiny_params
 from xrlib import stages
 from xrlib.errors import ChecksumError, CheckpointError, ConfigError
 from xrlib.io import sha256_file
 from xrlib.models.checkpoint import latest_checkpoint, load_weights, state_differences
 from xrlib.models.release import (MAX_RELEASE_BYTES, build_model, check_release_size, load_released, make_release,
-                                  read_manifest)
+                                  read_manifest, release_folder, training_data)
+from xrlib.params import check_params
 from xrlib.models.unet import build_unet, export_weights
 
 MODELS = ["bicubic_baseline", "ddpm_lq", "munit_lq"]
@@ -150,3 +151,27 @@ def test_an_unfinished_or_absent_run_and_a_missing_release_are_explained(tiny_ru
     with pytest.raises(CheckpointError, match=r"no released weights: .*manifest.json is missing. Make them from a finished "
                                               r"run: `xrlib exp real-data && xrlib release --profile real-data`"):
         load_released(None, tmp_path / "empty")
+
+
+def test_a_run_with_other_training_settings_is_not_released(tiny_run, tmp_path):
+    root, _ = tiny_run
+    other = tiny_params(restorer={"base": {"train": {"learning_rate": 5e-4}}})
+    with pytest.raises(CheckpointError, match="restorer bicubic_baseline: no checkpoint of this architecture and these "
+                                              "training settings"):
+        make_release("tiny", other, root=root, out=tmp_path / "m", models=["bicubic_baseline"])
+
+
+def test_training_data_follow_the_registry_and_the_nodule_library(tiny_run):
+    root, _ = tiny_run
+    with_library = check_params(tiny_params(drr={"nodule_library": "data/nodules/lidc"}))
+    data = {d["name"]: d for d in training_data(with_library, root)}
+    assert sorted(data) == ["example-chest-ct", "hannover-cxr", "lidc-nodule-patches", "xray/my-own"]
+    assert data["lidc-nodule-patches"]["licence"].startswith("CC BY 3.0 (LIDC-IDRI)")
+    assert "Armato" in data["lidc-nodule-patches"]["citation"]
+
+
+def test_the_release_folder_is_found_from_the_clone_outside_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("XRLIB_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert release_folder() == ROOT / "models"
+    assert release_folder(tmp_path) == tmp_path / "models"

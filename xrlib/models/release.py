@@ -19,6 +19,7 @@ shape), naming the file and what differs. Nothing in a weights file can run code
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -37,8 +38,8 @@ from xrlib.errors import ChecksumError, CheckpointError, ConfigError
 from xrlib.io import sha256_file, write_json_atomic
 from xrlib.models.checkpoint import (TRAINING_STATE, latest_checkpoint, load_weights, read_config,
                                      verify_checkpoint)
-from xrlib.models.training import RUN_IDENTITY
-from xrlib.params import check_params
+from xrlib.models.training import RUN_IDENTITY, TrainConfig
+from xrlib.params import check_params, parse
 from xrlib.paths import project_root
 
 RELEASE_FOLDER = "models"
@@ -53,8 +54,18 @@ MAKE_COMMAND = "xrlib exp {profile} && xrlib release --profile {profile}"
 
 
 def release_folder(root: Path | None = None) -> Path:
-    """``models/`` under the project root."""
-    return (root or project_root()) / RELEASE_FOLDER
+    """``models/`` under the project root: the given one, else the working directory's (or ``XRLIB_ROOT``), else
+    the clone xrlib itself is installed from (so ``xrlib restore`` works from any folder)."""
+    if root is not None:
+        return Path(root) / RELEASE_FOLDER
+    try:
+        return project_root() / RELEASE_FOLDER
+    except ConfigError:
+        clone = Path(xrlib.__file__).resolve().parents[1]
+        if (clone / "dvc.yaml").is_file():
+            return clone / RELEASE_FOLDER
+        raise ConfigError("no released weights to find: xrlib is not installed from a clone of the compendium and the "
+                          "working directory is not inside one; run from the clone, set XRLIB_ROOT, or pass --weights PATH") from None
 
 
 def _json(value: Any) -> Any:
@@ -74,24 +85,27 @@ def _training_state(checkpoint: Path) -> dict[str, Any]:
     return {"step": int(state["step"]), "extra": json.loads(state.get("extra_json", "{}"))}
 
 
-def finished_run(checkpoints_root: str | os.PathLike, model_config: Mapping[str, Any], steps: int,
-                 what: str, profile: str) -> dict[str, Any]:
-    """The newest checkpoint of the runs under ``checkpoints_root`` whose identity holds ``model_config``.
+def finished_run(checkpoints_root: str | os.PathLike, model_config: Mapping[str, Any], settings: Mapping[str, Any],
+                 steps: int, what: str, profile: str) -> dict[str, Any]:
+    """The newest checkpoint of the runs under ``checkpoints_root`` made with ``model_config`` and ``settings``
+    (the training settings a run's identity records, every one given here must be equal).
 
     It must have reached ``steps`` (the profile's total) and pass its checksums. Returns
     ``{"checkpoint", "step", "extra"}`` (extra: the training time and machine the run recorded).
     """
     root = Path(checkpoints_root)
-    wanted = _json(dict(model_config))
+    wanted, wanted_settings = _json(dict(model_config)), _json(dict(settings))
     candidates = []
     for identity_file in sorted(root.glob(f"*/{RUN_IDENTITY}")):
-        if json.loads(identity_file.read_text()).get("model") == wanted:
+        identity = json.loads(identity_file.read_text())
+        recorded = identity.get("settings", {})
+        if identity.get("model") == wanted and all(recorded.get(k) == v for k, v in wanted_settings.items()):
             found = latest_checkpoint(identity_file.parent)
             if found is not None:
                 candidates.append(found)
     if not candidates:
-        raise CheckpointError(f"{what}: no checkpoint of this architecture under {root}; train profile '{profile}' "
-                              f"first: `xrlib exp {profile}`")
+        raise CheckpointError(f"{what}: no checkpoint of this architecture and these training settings under {root}; "
+                              f"train profile '{profile}' first: `xrlib exp {profile}`")
     checkpoint = max(candidates, key=lambda folder: (folder / TRAINING_STATE).stat().st_mtime)
     verify_checkpoint(checkpoint)
     state = _training_state(checkpoint)
@@ -103,6 +117,11 @@ def finished_run(checkpoints_root: str | os.PathLike, model_config: Mapping[str,
 
 # ----------------------------------------------------------------------------------------------
 # Building and loading each kind of model
+
+
+def _run_settings(train: TrainConfig) -> dict[str, Any]:
+    """The training settings a diffusion run's identity records (all but the data size)."""
+    return {k: v for k, v in train.fingerprint(0).items() if k != "n_items"}
 
 
 def build_model(kind: str, config: Mapping[str, Any]) -> torch.nn.Module:
@@ -138,7 +157,8 @@ def export_restorer(settings: Mapping[str, Any], name: str, profile: str, root: 
     config_settings = restorer_settings(settings["restorer"], name)
     config = restorer_model_config(config_settings, settings["pairs"].scale)
     checkpoints = stages.path("04_restorer.run", root=root, config=name) / "checkpoints"
-    run = finished_run(checkpoints, config, int(config_settings["train"]["steps"]), f"restorer {name}", profile)
+    train = parse(TrainConfig, config_settings["train"], f"restorer.configs.{name}.train")
+    run = finished_run(checkpoints, config, _run_settings(train), train.steps, f"restorer {name}", profile)
     model = build_model("restorer", config)
     load_weights(run["checkpoint"] / "ema.safetensors", model, config)
     restore = settings["restore"]
@@ -151,8 +171,9 @@ def export_ddpm_lq(settings: Mapping[str, Any], profile: str, root: Path, folder
     """The DDPM-LQ UNet's EMA weights (trained on DRRs by 02) with the SDEdit/ILVR setting 02 chose."""
     section = settings["lq_ddpm"]
     config = {"unet": section.unet, "schedule": section.schedule}
-    run = finished_run(stages.path("02_lq_ddpm.run", root=root) / "checkpoints", config, int(section.train["steps"]),
-                       "DDPM-LQ", profile)
+    train = parse(TrainConfig, {**section.train, "seed": section.seed}, "lq_ddpm.train")
+    run = finished_run(stages.path("02_lq_ddpm.run", root=root) / "checkpoints", config, _run_settings(train),
+                       train.steps, "DDPM-LQ", profile)
     model = build_model("ddpm_lq", config)
     load_weights(run["checkpoint"] / "ema.safetensors", model, config)
     chosen = stages.path("02_lq_ddpm.setting", root=root)
@@ -163,12 +184,14 @@ def export_ddpm_lq(settings: Mapping[str, Any], profile: str, root: Path, folder
 
 def export_munit(settings: Mapping[str, Any], profile: str, root: Path, folder: Path) -> dict[str, Any]:
     """MUNIT's two generators (HQ content encoder and LQ decoder are what HQ -> LQ translation uses)."""
-    from xrlib.models.munit import MunitConfig
+    from xrlib.models.munit import MunitConfig, MunitTraining
 
     section = settings["lq_munit"]
     munit_config = MunitConfig(**section.model).to_dict()
-    run = finished_run(stages.path("03_lq_munit.run", root=root) / "checkpoints", munit_config,
-                       int(section.train.get("steps", 1000)), "MUNIT-LQ", profile)
+    training = dataclasses.asdict(MunitTraining(**section.train, seed=section.seed))
+    run_settings = {k: v for k, v in training.items() if k not in ("steps", "checkpoint_every", "log_every")}
+    run = finished_run(stages.path("03_lq_munit.run", root=root) / "checkpoints", munit_config, run_settings,
+                       training["steps"], "MUNIT-LQ", profile)
     config = {"munit": munit_config}
     model = released_part("munit", build_model("munit", config))
     for part in ("gen_a", "gen_b"):
@@ -205,8 +228,9 @@ def training_data(settings: Mapping[str, Any], root: Path) -> list[dict[str, str
 
     for entry in REGISTRY.values():
         present = sorted(f for f in folders(entry) if (data / f).exists())
-        if "nodules" in entry.tags and "ct" not in entry.tags:
-            present = [f for f in present if library and (root / library).resolve() == (data / f).resolve()]
+        # a nodule library is used only where drr.nodule_library names it (X-rays and CTs under data/ are all read)
+        present = [f for f in present if not f.startswith("nodules/")
+                   or (library and (root / library).resolve() == (data / f).resolve())]
         if present:
             covered.update(present)
             used.append({"name": entry.name, "description": entry.description, "licence": entry.licence,
