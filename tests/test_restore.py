@@ -13,7 +13,7 @@ from xrlib.drr.display import display_window, to_display
 from xrlib.errors import CheckpointError, ConfigError, DataError
 from xrlib.io import load_png, save_png16, sha256_file
 from xrlib.models.release import make_release
-from xrlib.restore import read_input, restore_paths
+from xrlib.restore import pair_checks, read_input, restore_paths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -135,3 +135,49 @@ def test_the_command_line(released, tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "by-path" / "a.json").read_text())["steps"] == 20  # a bare file: the default sampling settings
     assert main(["restore", str(tmp_path / "missing.png"), "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
     assert "missing.png: no such file" in capsys.readouterr().err
+
+
+def drr_pair(size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth DRR-like image without and with a bright (attenuating) round nodule of radius 6 px."""
+    rows, cols = np.mgrid[0:size, 0:size] / size
+    without = (0.3 + 0.4 * np.sin(np.pi * rows) * np.sin(np.pi * cols)).astype(np.float32)
+    nodule = 0.15 * np.exp(-(((rows - 0.4) ** 2 + (cols - 0.6) ** 2) * size**2) / (2 * 6.0**2))
+    return (without + nodule).astype(np.float32), without
+
+
+def test_pair_checks_measure_detail_anatomy_and_nodule_both_ways():
+    with_nodule, without = drr_pair()
+    same = pair_checks(with_nodule, without, with_nodule, without, grid_px=128)
+    assert same.value.tolist()[1:] == pytest.approx([1.0, 1.0]) and same.passed.tolist() == [False, True, True]
+    assert same.value[0] < 1e-5  # a smooth DRR has almost no fine detail
+    lost = pair_checks(with_nodule, without, without, without, grid_px=128)
+    assert lost.value[2] == pytest.approx(0.0) and not lost.passed[2]
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, with_nodule.shape).astype(np.float32)
+    fractions = {s: pair_checks(with_nodule, without, with_nodule + s * noise, without + s * noise, grid_px=128).value[0]
+                 for s in (0.002, 0.003, 0.004, 0.006, 0.01)}
+    in_range = [s for s, f in fractions.items() if 1e-4 <= f <= 5e-4]
+    assert in_range and list(fractions.values()) == sorted(fractions.values())
+    textured = pair_checks(with_nodule, without, with_nodule + in_range[0] * noise, without + in_range[0] * noise, grid_px=128)
+    assert textured.passed.all() and textured.value[2] == pytest.approx(1.0, abs=0.05)
+    doubled = pair_checks(with_nodule, without, np.kron(with_nodule, np.ones((2, 2))), np.kron(without, np.ones((2, 2))), grid_px=128)
+    assert doubled.value[1] > 0.99  # restorations at twice the size are compared on one grid
+    with pytest.raises(DataError, match="differ in aspect"):
+        pair_checks(with_nodule, without, with_nodule[:64], without[:64])
+    with pytest.raises(DataError, match="no nodule to check"):
+        pair_checks(without, without, without, without)
+
+
+def test_check_pair_on_the_command_line(released, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XRLIB_ROOT", str(released))
+    with_nodule, without = drr_pair(64)
+    save_png16(tmp_path / "with.png", with_nodule)
+    save_png16(tmp_path / "without.png", without)
+    assert main(["restore", str(tmp_path / "with.png"), str(tmp_path / "without.png"), "--out", str(tmp_path / "out"),
+                 "--device", "cpu", "--quiet", "--check-pair"]) == 0
+    report = json.loads((tmp_path / "out" / "pair_checks.json").read_text())
+    assert report["checks"] == 3 and report["with_nodule"].endswith("with.png")
+    assert "pair checks pass" in capsys.readouterr().out
+    assert main(["restore", str(tmp_path / "with.png"), "--out", str(tmp_path / "one"), "--device", "cpu", "--quiet",
+                 "--check-pair"]) == 2
+    assert "--check-pair takes two inputs" in capsys.readouterr().err

@@ -111,6 +111,12 @@ def _restore(args: argparse.Namespace) -> None:
                             args.device, args.batch_size, progress=not args.quiet)
     for record in records:
         print(f"{record['input']} -> {Path(args.out) / record['output']} ({record['output_size'][0]}x{record['output_size'][1]})")
+    if args.check_pair:
+        from xrlib.restore import check_restored_pair
+
+        table = check_restored_pair(records, args.out)
+        print(table.to_string(index=False))
+        print(f"{int(table.passed.sum())} of {len(table)} pair checks pass; {Path(args.out) / 'pair_checks.json'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     restore.add_argument("--batch-size", type=int, help="images per batch (default: 8 on a GPU, 1 on a CPU)")
     restore.add_argument("--quiet", action="store_true", help="no progress bar")
+    restore.add_argument("--check-pair", action="store_true",
+                         help="two inputs, a DRR with a nodule and without it: check the restored pair's fine detail, "
+                              "anatomy and nodule contrast (DIR/pair_checks.json)")
     restore.set_defaults(run=_restore)
     return parser
 

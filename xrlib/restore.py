@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -37,7 +38,9 @@ from xrlib.data.pairs import resize_bicubic
 from xrlib.data.xray import read_dicom_xray, read_png_xray
 from xrlib.drr.display import display_window, to_display
 from xrlib.errors import CheckpointError, ConfigError, DataError, XRLibError
-from xrlib.io import save_png16, sha256_file, write_json_atomic
+from xrlib.eval.checks import CHECK_COLUMNS
+from xrlib.eval.realism import high_frequency_power_fraction, low_pass_correlation
+from xrlib.io import load_png, save_png16, sha256_file, write_json_atomic
 from xrlib.models.checkpoint import read_config
 from xrlib.models.release import load_released, release_folder
 from xrlib.models.restorer import image_seed, restore
@@ -241,6 +244,64 @@ def restore_paths(
                         "sampler": sampler, "steps": steps, "strength": strength, "seed": seed, "image_seed": own_seed,
                         "scale": int(restorer.config["scale"]), "device": where.type, "xrlib": xrlib.__version__,
                     }
+                    if item["format"] == "line_integrals":
+                        records[stem]["display_unsharp_amount"] = float(usage.get("display_unsharp_amount") or 0.0)
                     write_json_atomic(out_dir / f"{stem}.json", records[stem])
                 bar.update(len(chunk))
     return [records[stem] for stem in inputs]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking a restored DRR pair (with and without a nodule), as issue 12's acceptance test does
+
+PAIR_BARS = {"high_frequency_fraction": (1e-4, 5e-4), "low_pass_correlation": 0.9, "nodule_contrast_kept": 0.5}
+"""Real PA chest X-rays have a high-frequency power fraction of 2.0-2.6e-4 (raw DRRs about 4e-6)."""
+
+
+def pair_checks(with_nodule: np.ndarray, without_nodule: np.ndarray, restored_with: np.ndarray,
+                restored_without: np.ndarray, grid_px: int = 256, sigma_px: float = 4.0) -> pd.DataFrame:
+    """Does a restored DRR pair look like an X-ray, keep its anatomy and its nodule? Rows :data:`CHECK_COLUMNS`.
+
+    Every image is brought to one grid (longer side ``grid_px``). 1) the restored DRR's high-frequency
+    power fraction (above 0.25 cycles/px) lies in the real-film range of :data:`PAIR_BARS`; 2) its
+    Gaussian low-pass (``sigma_px``) correlates with the input's; 3) the nodule's local contrast, the
+    mean of (with minus without) over the nodule core (where the input difference exceeds half its
+    maximum), is kept by the restoration to at least the bar's fraction.
+    """
+    images = [np.asarray(a, dtype=np.float32) for a in (with_nodule, without_nodule, restored_with, restored_without)]
+    aspects = [a.shape[0] / a.shape[1] for a in images]
+    if max(aspects) > 1.02 * min(aspects):
+        raise DataError(f"the pair's images differ in aspect: {[a.shape for a in images]}; give the inputs and their restorations")
+    height, width = _resized(images[0], grid_px).shape[-2:]
+    inputs, outputs = [[resize_bicubic(torch.from_numpy(a)[None, None], (height, width)) for a in pair]
+                       for pair in (images[:2], images[2:])]
+    difference_in = (inputs[0] - inputs[1])[0, 0].numpy()
+    difference_out = (outputs[0] - outputs[1])[0, 0].numpy()
+    if difference_in.max() <= 0:
+        raise DataError("the DRRs with and without the nodule do not differ (or the nodule is darker): no nodule to check")
+    core = difference_in > 0.5 * difference_in.max()
+    fraction = float(high_frequency_power_fraction(outputs[0])[0])
+    correlation = float(low_pass_correlation(outputs[0], inputs[0], sigma_px)[0])
+    kept = float(difference_out[core].mean() / difference_in[core].mean())
+    low, high = PAIR_BARS["high_frequency_fraction"]
+    rows = [("restored DRR's high-frequency power fraction (real PA films 2.0-2.6e-4)", fraction, f"{low:g} to {high:g}",
+             low <= fraction <= high),
+            (f"low-pass correlation with the input (sigma {sigma_px:g} px at {grid_px} px)", correlation,
+             f">= {PAIR_BARS['low_pass_correlation']}", correlation >= PAIR_BARS["low_pass_correlation"]),
+            (f"nodule's local contrast kept (with minus without, over {int(core.sum())} core px)", kept,
+             f">= {PAIR_BARS['nodule_contrast_kept']}", kept >= PAIR_BARS["nodule_contrast_kept"])]
+    return pd.DataFrame([dict(zip(CHECK_COLUMNS, (check, "restored_drr", value, bar, bool(passed))))
+                         for check, value, bar, passed in rows], columns=list(CHECK_COLUMNS))
+
+
+def check_restored_pair(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> pd.DataFrame:
+    """:func:`pair_checks` of two restored inputs (with the nodule first), written to ``out_dir/pair_checks.json``."""
+    if len(records) != 2:
+        raise ConfigError(f"--check-pair takes two inputs, the DRR with the nodule and without it; got {len(records)}")
+    inputs = [read_input(r["input"], r.get("display_unsharp_amount", 0.0))[0] for r in records]
+    outputs = [load_png(Path(out_dir) / r["output"]) for r in records]
+    table = pair_checks(*inputs, *outputs)
+    write_json_atomic(Path(out_dir) / "pair_checks.json", {"with_nodule": records[0]["input"], "without_nodule": records[1]["input"],
+                                                           "passed": int(table.passed.sum()), "checks": len(table),
+                                                           "rows": table.to_dict(orient="records")})
+    return table
