@@ -185,6 +185,9 @@ def test_the_release_command(tiny_run, tmp_path, monkeypatch, capsys):
     manifest = read_manifest(tmp_path / "m")
     assert manifest["command"] == "xrlib release --profile tiny --models bicubic_baseline munit_lq"
     assert list(manifest["models"]) == ["bicubic_baseline", "munit_lq"]
+    assert main(["release", "--profile", "tiny", "--models", "munit_lq", "--out", str(tmp_path / "g")]) == 0
+    with pytest.raises(CheckpointError, match=r"the release holds no restorer \(only munit_lq\)"):
+        load_released(None, tmp_path / "g")
     assert "bicubic_baseline.safetensors: restorer, step 4" in capsys.readouterr().out
     assert main(["release", "--profile", "absent", "--out", str(tmp_path / "n")]) == 2
     assert "no profile 'absent'" in capsys.readouterr().err

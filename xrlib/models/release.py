@@ -377,6 +377,9 @@ def load_released(name: str | None = None, folder: Path | None = None,
     folder = Path(folder) if folder else release_folder()
     manifest = read_manifest(folder)
     name = name or manifest.get("default_restorer")
+    if name is None:
+        raise CheckpointError(f"{folder / MANIFEST_NAME}: the release holds no restorer (only {', '.join(manifest['models'])}); "
+                              "name a model, or release a restorer")
     if name not in manifest["models"]:
         raise CheckpointError(f"{folder / MANIFEST_NAME}: no released model '{name}'; released: "
                               f"{', '.join(manifest['models'])}")
