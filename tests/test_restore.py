@@ -12,7 +12,9 @@ from xrlib.cli import main
 from xrlib.drr.display import display_window, to_display
 from xrlib.errors import CheckpointError, ConfigError, DataError
 from xrlib.io import load_png, save_png16, sha256_file
+from xrlib.models.checkpoint import read_config
 from xrlib.models.release import make_release
+from xrlib.models.unet import build_unet, export_weights
 from xrlib.restore import pair_checks, read_input, restore_paths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,7 +61,7 @@ def test_png_npy_and_dicom_restored_with_records(released, tmp_path):
         assert written == record and written["input_sha256"] == sha256_file(path)
         assert written["weights"] == "models/bicubic_baseline.safetensors"
         assert written["weights_sha256"] == sha256_file(released / "models" / "bicubic_baseline.safetensors")
-        assert (written["sampler"], written["steps"], written["seed"], written["scale"]) == ("ddim", 3, 0, 2)
+        assert (written["process"], written["sampler"], written["steps"], written["seed"], written["scale"]) == ("indi", None, 2, 0, 2)
     assert [r["input_format"] for r in records] == ["png", "png", "line_integrals", "dicom"]
     values = torch.from_numpy(line_integrals)  # windowed as 01_drr windows DRRs (over the body, no lung region)
     assert np.allclose(read_input(tmp_path / "drr.npy")[0], to_display(values, display_window(values)).numpy())
@@ -181,3 +183,18 @@ def test_check_pair_on_the_command_line(released, tmp_path, monkeypatch, capsys)
     assert main(["restore", str(tmp_path / "with.png"), "--out", str(tmp_path / "one"), "--device", "cpu", "--quiet",
                  "--check-pair"]) == 2
     assert "--check-pair takes two inputs" in capsys.readouterr().err
+
+
+def test_a_diffusion_restorer_given_by_path_samples_with_its_sampler(released, tmp_path):
+    """The paper's formulation (a DDPM from noise) goes through the same entry point; an untrained one is enough here."""
+    config = read_config(released / "models" / "bicubic_baseline.safetensors")
+    config["schedule"] = {"num_train_timesteps": 2000, "beta_schedule": "cosine", "prediction_type": "epsilon", "loss": "l1",
+                          "target": "image", "process": "diffusion"}
+    export_weights(build_unet(config["unet"]), tmp_path / "paper.safetensors", config)
+    save_png16(tmp_path / "a.png", ramp_image(20, 30))
+    record = restore_paths([tmp_path / "a.png"], tmp_path / "out", weights=str(tmp_path / "paper.safetensors"), steps=2,
+                           input_px=16, device="cpu", progress=False)[0]
+    assert (record["process"], record["sampler"], record["steps"], record["strength"]) == ("diffusion", "ddim", 2, 1.0)
+    assert record["restorer_input_size"] == [11, 16] and record["output_size"] == [22, 32]
+    assert record["weights_sha256"] == sha256_file(tmp_path / "paper.safetensors")
+    assert load_png(tmp_path / "out" / "a.png").shape == (22, 32)

@@ -31,7 +31,8 @@ TINY_OVERRIDES = {
     "pairs": {"hq_px": 32, "lq_px": 16, "tiles_per_side": 1},
     "drr": {"size_px": 64},
     "restore": {"input_px": 32, "steps": 3, "sampler": "ddim"},
-    "restorer": {"base": {"crop_px": 16, "unet": TINY_UNET, "train": TINY_TRAIN}},
+    # the smoke profile's InDI restorer, with noise at its start so that the seed matters
+    "restorer": {"base": {"crop_px": 16, "unet": TINY_UNET, "train": TINY_TRAIN, "schedule": {"indi_noise": 0.05}}},
     "lq_ddpm": {"image_px": 16, "unet": {**TINY_UNET, "image_channels": 1, "sample_px": 16},
                 "train": {**TINY_TRAIN, "steps": 3, "checkpoint_every": 3}},
     "lq_munit": {"model": {"base_channels": 4, "n_downsample": 1, "n_res_blocks": 1, "style_dim": 8, "mlp_dim": 8,
@@ -73,6 +74,7 @@ def make_tiny_run(root: Path, params: dict | None = None) -> dict:
     munit = settings["lq_munit"]
     train_munit(smooth_images(2, 16, 2), smooth_images(2, 16, 3), MunitConfig(**munit.model),
                 MunitTraining(**munit.train, seed=munit.seed), stages.path("03_lq_munit.run", root=root) / "checkpoints")
+    write_json_atomic(stages.path("05_restore.chosen_steps", root=root), {"bicubic_baseline": 2})  # 05's InDI steps
     write_json_atomic(root / "outputs/metrics/06_metrics.json", {
         "quality": {"munit/bicubic_baseline": {"psnr_db": 21.5, "ssim": 0.6}, "ddpm/bicubic_baseline": {"psnr_db": 22.0, "ssim": 0.5},
                     "munit/diffusionxray": {"psnr_db": 23.0, "ssim": 0.7}}, "split_unit": "patient"})

@@ -14,9 +14,11 @@ Every input is read before anything is restored, and all unreadable ones are nam
 Each is resized (antialiased) so that its longer side is ``input_px`` (default: what the release
 used in 05_restore), restored by :func:`xrlib.models.restorer.restore` (the pipeline's own entry
 point, so the restorer's formulation is the pipeline's) at ``scale`` times that size, and written to
-``DIR/<stem>.png`` (16-bit, same orientation) with ``DIR/<stem>.json``: the weights' SHA-256, sampler,
-steps, strength, seed (and the image's own seed, from the seed and the stem, so an output does not
-depend on the other inputs), input file SHA-256, and the input, restorer-input and output sizes.
+``DIR/<stem>.png`` (16-bit, same orientation) with ``DIR/<stem>.json``: the weights' SHA-256, the
+process (InDI: ``steps`` steps from the input; diffusion: ``sampler`` in ``steps`` steps, ``strength``),
+seed (and the image's own seed, from the seed and the stem, so an output does not depend on the
+other inputs), input file SHA-256, and the input, restorer-input and output sizes. Steps and sampler
+default to those 05_restore used (the release records them; InDI steps as 05 chose them on validation pairs).
 Images of one size are batched (a batch of ``batch_size``, default 8 on a GPU and 1 on a CPU).
 """
 
@@ -44,6 +46,7 @@ from xrlib.io import load_png, save_png16, sha256_file, write_json_atomic
 from xrlib.models.checkpoint import read_config
 from xrlib.models.release import load_released, release_folder
 from xrlib.models.restorer import image_seed, restore
+from xrlib.models.sampling import diffusion_process
 from xrlib.models.training import select_device
 
 INPUT_SUFFIXES = (".png", ".npy", ".dcm", ".dicom")
@@ -217,6 +220,7 @@ def restore_paths(
     sampler, steps = sampler or usage["sampler"], int(steps or usage["steps"])
     input_px = input_px or usage.get("input_px")
     strength = float(usage.get("strength", 1.0))
+    process = diffusion_process(restorer.config["schedule"])  # InDI: steps from the input; no sampler, no strength
     inputs = read_inputs(paths, float(usage.get("display_unsharp_amount") or 0.0))
     batch_size = batch_size or (8 if where.type == "cuda" else 1)
     out_dir = Path(out_dir)
@@ -241,7 +245,8 @@ def restore_paths(
                         "input_sha256": sha256_file(item["path"]), "input_size": list(item["display"].shape),
                         "restorer_input_size": list(item["image"].shape[-2:]), "output_size": list(image[0].shape),
                         "output": written.name, "weights": restorer.source, "weights_sha256": restorer.sha256,
-                        "sampler": sampler, "steps": steps, "strength": strength, "seed": seed, "image_seed": own_seed,
+                        "process": process, "sampler": sampler if process == "diffusion" else None, "steps": steps,
+                        "strength": strength if process == "diffusion" else None, "seed": seed, "image_seed": own_seed,
                         "scale": int(restorer.config["scale"]), "device": where.type, "xrlib": xrlib.__version__,
                     }
                     if item["format"] == "line_integrals":

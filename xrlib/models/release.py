@@ -162,7 +162,9 @@ def export_restorer(settings: Mapping[str, Any], name: str, profile: str, root: 
     model = build_model("restorer", config)
     load_weights(run["checkpoint"] / "ema.safetensors", model, config)
     restore = settings["restore"]
-    usage = {"sampler": restore.sampler, "steps": restore.steps, "strength": restore.strength,
+    chosen = stages.path("05_restore.chosen_steps", root=root)  # the steps 05 restored with (InDI: chosen on validation)
+    steps = json.loads(chosen.read_text()).get(name, restore.steps) if chosen.is_file() else restore.steps
+    usage = {"sampler": restore.sampler, "steps": int(steps), "strength": restore.strength,
              "input_px": restore.input_px, "display_unsharp_amount": settings["drr"].unsharp_amount}
     return _entry("restorer", name, model, config, run, folder, root, usage, config_settings["train"])
 
