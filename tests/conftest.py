@@ -40,3 +40,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished run in miniature (tests/tiny_run.py): (project root, its params); shared by the release and restore tests."""
+    from tests.tiny_run import make_tiny_run
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        params = make_tiny_run(root)
+    finally:
+        torch.set_num_threads(threads)
+    return root, params

@@ -1,4 +1,5 @@
-"""The ``xrlib`` command: what is not a notebook (data fetch, the registry, params checks, the stage table, batch runs)."""
+"""The ``xrlib`` command: what is not a notebook (data fetch, the registry, params checks, the stage table, batch runs,
+the release of trained weights and restoring anyone's DRRs with them)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,32 @@ def _notebooks(args: argparse.Namespace) -> None:
         print(f"executed {path}")
 
 
+def _release(args: argparse.Namespace) -> None:
+    from xrlib.models.release import make_release
+
+    manifest = make_release(args.profile, profile_params(args.profile), out=Path(args.out) if args.out else None,
+                            models=args.models or None)
+    for name, entry in manifest["models"].items():
+        print(f"{entry['file']}: {entry['kind']}, step {entry['steps']}, {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}")
+    print(f"{len(manifest['models'])} models, {manifest['total_bytes'] / 1e6:.2f} MB of {manifest['max_bytes'] / 1e6:g} MB; "
+          f"manifest: {Path(args.out or 'models') / 'manifest.json'}")
+
+
+def _restore(args: argparse.Namespace) -> None:
+    from xrlib.restore import restore_paths
+
+    records = restore_paths(args.images, args.out, args.weights, args.sampler, args.steps, args.seed, args.input_px,
+                            args.device, args.batch_size, progress=not args.quiet)
+    for record in records:
+        print(f"{record['input']} -> {Path(args.out) / record['output']} ({record['output_size'][0]}x{record['output_size'][1]})")
+    if args.check_pair:
+        from xrlib.restore import check_restored_pair
+
+        table = check_restored_pair(records, args.out)
+        print(table.to_string(index=False))
+        print(f"{int(table.passed.sum())} of {len(table)} pair checks pass; {Path(args.out) / 'pair_checks.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xrlib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +148,29 @@ def build_parser() -> argparse.ArgumentParser:
     notebooks.add_argument("--profile", default="smoke", help="parameter profile (default: smoke)")
     notebooks.add_argument("--out", required=True, help="folder for the executed copies")
     notebooks.set_defaults(run=_notebooks)
+    release = commands.add_parser("release", help="export a finished run's weights to models/ with a manifest "
+                                  "(SHA-256, config, data and licences, metrics)")
+    release.add_argument("--profile", default="real-data", help="the profile whose finished run to release (default: real-data)")
+    release.add_argument("--models", nargs="*", help="some of the restore.configs names, ddpm_lq, munit_lq (default: all)")
+    release.add_argument("--out", help="folder to write (default: the project's models/)")
+    release.set_defaults(run=_release)
+    restore = commands.add_parser("restore", help="restore DRRs (PNG, .npy line integrals, DICOM) with trained weights")
+    restore.add_argument("images", nargs="+", help="input files: PNG (8/16-bit grey), .npy line integrals, DICOM")
+    restore.add_argument("--out", required=True, help="folder for <stem>.png (16-bit) and <stem>.json")
+    restore.add_argument("--weights", default="released",
+                         help="released (models/, its default restorer), released:NAME, a release folder or a .safetensors file")
+    restore.add_argument("--steps", type=int, help="InDI or sampling steps (default: the release's, those 05 used)")
+    restore.add_argument("--sampler", choices=("ddpm", "ddim", "dpm_solver"),
+                         help="sampler of a diffusion restorer (default: the release's; an InDI restorer takes none)")
+    restore.add_argument("--seed", type=int, default=0, help="seed (each image's own seed is drawn from it and its name)")
+    restore.add_argument("--input-px", type=int, help="resize each input so its longer side is this (default: the release's)")
+    restore.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    restore.add_argument("--batch-size", type=int, help="images per batch (default: 8 on a GPU, 1 on a CPU)")
+    restore.add_argument("--quiet", action="store_true", help="no progress bar")
+    restore.add_argument("--check-pair", action="store_true",
+                         help="two inputs, a DRR with a nodule and without it: check the restored pair's fine detail, "
+                              "anatomy and nodule contrast (DIR/pair_checks.json)")
+    restore.set_defaults(run=_restore)
     return parser
 
 

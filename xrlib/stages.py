@@ -138,8 +138,10 @@ STAGES: tuple[Stage, ...] = (
                  "03_lq_munit.pairs_folder", "01_drr.drr", "01_drr.drr_nodule_free", "05_restore.restored_drr",
                  "05_restore.restored_test"),
           writes={"figures": "paper/figures", "tables": "paper/tables",
-                  "method_checks": "outputs/metrics/08_method_checks.json"},
-          outs=("paper/figures", "paper/tables"), metrics=("outputs/metrics/08_method_checks.json",)),
+                  "method_checks": "outputs/metrics/08_method_checks.json",
+                  "claims": "paper/claims.md", "claims_metrics": "outputs/metrics/08_claims.json"},
+          outs=("paper/figures", "paper/tables", "paper/claims.md"),
+          metrics=("outputs/metrics/08_method_checks.json", "outputs/metrics/08_claims.json")),
 )
 
 BY_NAME = {stage.name: stage for stage in STAGES}

@@ -190,14 +190,43 @@ def load_weights(
         differing = sorted(k for k in set(stored) | set(expected_config) if stored.get(k) != expected_config.get(k))
         raise CheckpointError(f"{path}: made for another architecture (differs in {', '.join(differing)}); "
                               "load it with its own config or retrain")
+    differences = state_differences(path, module)
+    if differences:
+        raise CheckpointError(f"{path}: does not match {type(module).__name__} ({'; '.join(differences)}); "
+                              "wrong architecture")
     try:
-        missing, unexpected = load_model(module, str(path), strict=False)
+        load_model(module, str(path), strict=True)
     except (SafetensorError, RuntimeError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: does not match {type(module).__name__} ({error}); wrong architecture") from error
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: does not match {type(module).__name__} "
-                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); wrong architecture")
     return stored
+
+
+def state_differences(weights_path: str | os.PathLike, module: torch.nn.Module, shown: int = 3) -> list[str]:
+    """What keeps a safetensors file from loading into ``module``: tensors missing from the file, surplus
+    tensors, and tensors of another shape (each with up to ``shown`` names and the count); empty if it fits."""
+    path = Path(weights_path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error}); it is truncated or tampered with") from error
+    state = module.state_dict()
+    expected = {key: tuple(value.shape) for key, value in state.items()}
+    # safetensors stores a tensor shared by several names (tied weights) once: such a name is not missing
+    storage = {key: (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+               for key, value in state.items()}
+    stored_storage = {storage[key] for key in stored if key in storage}
+    missing = sorted(key for key in expected if key not in stored and storage[key] not in stored_storage)
+    unexpected = sorted(set(stored) - set(expected))
+    reshaped = [f"{key} {list(stored[key])} in the file, {list(expected[key])} in the model"
+                for key in sorted(set(stored) & set(expected)) if stored[key] != expected[key]]
+
+    def listed(what: str, items: list[str]) -> str:
+        more = f" and {len(items) - shown} more" if len(items) > shown else ""
+        return f"{len(items)} {what}: {', '.join(items[:shown])}{more}"
+
+    return [listed(what, items) for what, items in (("missing", missing), ("unexpected", unexpected),
+                                                    ("of another shape", reshaped)) if items]
 
 
 def load_checkpoint(

@@ -25,6 +25,7 @@ Networks see images in [-1, 1]; the translation helpers take and return display 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 from xrlib.models.checkpoint import load_checkpoint, load_latest_checkpoint, save_checkpoint
 from xrlib.models.sampling import low_pass
-from xrlib.models.training import check_steps_reached, drop_logged_after, run_checkpoints
+from xrlib.models.training import check_steps_reached, drop_logged_after, run_checkpoints, training_time_extra
 from xrlib.errors import ConfigError
 
 
@@ -372,7 +373,7 @@ def train_munit(
     torch.manual_seed(training.seed)
     model = Munit(config)
     optimizers, schedulers = _optimizers(model, training)
-    start = 0
+    start, earlier_extra, started = 0, None, time.monotonic()
     # what a resumed run must share; not steps (the LR steps do not depend on the total: more steps extend a run)
     settings = {k: v for k, v in dataclasses.asdict(training).items() if k not in ("steps", "checkpoint_every", "log_every")}
     identity = {"model": config.to_dict(), "settings": settings, "images": [len(hq_display), len(lq_display)]}
@@ -380,7 +381,7 @@ def train_munit(
     resumed = load_latest_checkpoint(checkpoint_dir, _modules(model), optimizers, schedulers, config.to_dict())
     if resumed is not None:
         found, restored = resumed
-        start = restored["step"]
+        start, earlier_extra = restored["step"], restored["extra"]
         check_steps_reached(start, training.steps, found)
     if live is not None:
         drop_logged_after(live.dir, start)  # rows of a killed run past its checkpoint, or of an earlier run
@@ -412,7 +413,8 @@ def train_munit(
                 live.log_metric(f"train/gen_{name}", float(value))
             live.next_step()
         if step % training.checkpoint_every == 0 or step == training.steps:
-            save_checkpoint(checkpoint_dir, step, _modules(model), optimizers, schedulers, config.to_dict())
+            save_checkpoint(checkpoint_dir, step, _modules(model), optimizers, schedulers, config.to_dict(),
+                            training_time_extra(earlier_extra, started, torch.device("cpu")))
     model.eval()
     return model
 

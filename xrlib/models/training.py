@@ -28,6 +28,8 @@ import io
 import json
 import math
 import os
+import platform
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,6 +90,20 @@ def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def machine_description(device: torch.device | str | None = None) -> dict[str, Any]:
+    """The machine a run trains on, as a checkpoint records it: device, its name, CPU count, platform, torch."""
+    device = torch.device(device) if device is not None else select_device()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {"device": device.type, "device_name": name, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "torch": torch.__version__}
+
+
+def training_time_extra(previous: Mapping[str, Any] | None, started: float, device: torch.device) -> dict[str, Any]:
+    """A checkpoint's record of its run's cost: training seconds summed over every resumption, and the machine."""
+    earlier = float((previous or {}).get("train_seconds", 0.0))
+    return {"train_seconds": earlier + time.monotonic() - started, "machine": machine_description(device)}
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -261,7 +277,7 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps))
-    start_step = 0
+    start_step, earlier_extra, started = 0, None, time.monotonic()
     resumed = load_latest_checkpoint(checkpoints, {"model": model, "ema": ema}, {"optimizer": optimizer},
                                      {"lr": lr_schedule}, model_config, move_damaged=rank == 0)
     if resumed is not None:
@@ -269,7 +285,7 @@ def train(
         if restored["extra"].get("fingerprint") != json.loads(json.dumps(fingerprint)):
             raise CheckpointError(f"{found}: its training settings differ from its folder's; the checkpoint "
                                   f"was moved by hand: move {checkpoints} aside")
-        start_step = restored["step"]
+        start_step, earlier_extra = restored["step"], restored["extra"]
         check_steps_reached(start_step, cfg.steps, found)
     network = model
     if distributed:
@@ -327,7 +343,8 @@ def train(
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 if rank == 0:
                     save_checkpoint(checkpoints, step, {"model": model, "ema": ema}, {"optimizer": optimizer},
-                                    {"lr": lr_schedule}, model_config, {"fingerprint": fingerprint},
+                                    {"lr": lr_schedule}, model_config,
+                                    {"fingerprint": fingerprint, **training_time_extra(earlier_extra, started, device)},
                                     keep_last=cfg.keep_checkpoints)
                 if distributed:
                     dist.barrier()
