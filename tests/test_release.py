@@ -7,14 +7,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.tiny_run import ROOT, tiny_params
+from tests.tiny_run import ROOT, smooth_images, tiny_params
 from xrlib import stages
 from xrlib.cli import main
 from xrlib.errors import ChecksumError, CheckpointError, ConfigError
 from xrlib.io import sha256_file
 from xrlib.models.checkpoint import latest_checkpoint, load_weights, state_differences
-from xrlib.models.release import (MAX_RELEASE_BYTES, build_model, check_release_size, load_released, make_release,
-                                  read_manifest, release_folder, training_data)
+from xrlib.models.release import MAX_RELEASE_BYTES, check_release_size, make_release, training_data
+from xrlib.models.released import build_model, load_released, read_manifest, release_folder
 from xrlib.params import check_params
 from xrlib.models.unet import build_unet, export_weights
 
@@ -192,3 +192,42 @@ def test_the_release_command(tiny_run, tmp_path, monkeypatch, capsys):
     assert "bicubic_baseline.safetensors: restorer, step 4" in capsys.readouterr().out
     assert main(["release", "--profile", "absent", "--out", str(tmp_path / "n")]) == 2
     assert "no profile 'absent'" in capsys.readouterr().err
+
+
+def test_training_starts_from_released_weights_as_a_run_of_its_own(release, tmp_path, monkeypatch, request):
+    """init_weights: a run starts from the released weights (checked by SHA-256), its identity names them."""
+    from safetensors.torch import load_file
+
+    from xrlib.models.munit import MunitConfig, MunitTraining, train_munit
+    from xrlib.models.released import initial_weights
+    from xrlib.models.restorer import train_restorer
+
+    root, out, manifest = release
+    shutil.copytree(out, root / "models")  # the shared tiny root gains a release for this test only
+    request.addfinalizer(lambda: shutil.rmtree(root / "models"))
+    monkeypatch.setenv("XRLIB_ROOT", str(root))
+    settings = check_params(tiny_params(restorer={"base": {"train": {
+        "init_weights": "released:{config}", "learning_rate": 1e-12, "warmup_steps": 0, "steps": 1, "ema_decay": 0.0}}}))
+    run_dir = tmp_path / "run"
+    result = train_restorer(settings["restorer"], "bicubic_baseline", settings["pairs"].scale, root, run_dir)
+    released = load_file(out / "bicubic_baseline.safetensors")
+    trained = result["ema"].state_dict()
+    assert max(float((trained[k] - released[k]).abs().max()) for k in released) < 1e-6  # lr 1e-12: still the release
+    identity = json.loads(next((run_dir / "checkpoints").glob("*/identity.json")).read_text())
+    assert identity["settings"]["init_weights_sha256"] == manifest["models"]["bicubic_baseline"]["sha256"]
+    munit = settings["lq_munit"]
+    model = train_munit(smooth_images(2, 16, 2), smooth_images(2, 16, 3), MunitConfig(**munit.model),
+                        MunitTraining(**{**munit.train, "steps": 1, "learning_rate": 1e-12}, seed=munit.seed,
+                                      init_weights="released:munit_lq"), tmp_path / "munit")
+    released_munit = load_file(out / "munit_lq.safetensors")
+    assert max(float((model.state_dict()[k] - released_munit[k]).abs().max()) for k in released_munit) < 1e-5
+    with pytest.raises(CheckpointError, match="no released model 'nope'"):
+        initial_weights("released:nope", root)
+    with pytest.raises(CheckpointError, match="missing"):
+        initial_weights("models/absent.safetensors", root)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered / "models")
+    with open(tampered / "models" / "ddpm_lq.safetensors", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ChecksumError, match="ddpm_lq"):
+        initial_weights("released:ddpm_lq", tampered)

@@ -44,7 +44,7 @@ from xrlib.eval.checks import CHECK_COLUMNS
 from xrlib.eval.realism import high_frequency_power_fraction, low_pass_correlation
 from xrlib.io import load_png, save_png16, sha256_file, write_json_atomic
 from xrlib.models.checkpoint import read_config
-from xrlib.models.release import load_released, release_folder
+from xrlib.models.released import load_released, release_folder
 from xrlib.models.restorer import image_seed, restore
 from xrlib.models.sampling import diffusion_process
 from xrlib.models.training import select_device

@@ -39,6 +39,7 @@ INPUTS = {
     "data.xray": "data/xray",                         # real chest X-rays, one folder per dataset
     "data.ratings": "data/ratings",                   # human reader-study ratings (key.csv + one CSV per reader)
     "reference": "tests/data/reference",              # published agreement and MRMC data with their results
+    "models": "models",                               # released weights a training may start from (train.init_weights)
 }
 """Paths no stage writes: the inputs of the pipeline."""
 
@@ -89,7 +90,7 @@ STAGES: tuple[Stage, ...] = (
                   "folder": "outputs/01_drr"},
           outs=("outputs/01_drr",)),
     Stage("02_lq_ddpm", ("lq_ddpm", "pairs.hq_px", "pairs.low_pass_sigma_px"),
-          reads=("00_data.xray_manifest", "00_data.xray", "01_drr.drrs", "01_drr.drr"),
+          reads=("00_data.xray_manifest", "00_data.xray", "01_drr.drrs", "01_drr.drr", "models"),
           writes={"run": "outputs/02_lq_ddpm/ddpm", "weights": "outputs/02_lq_ddpm/ddpm/ddpm_lq.safetensors",
                   "strength_checks": "outputs/02_lq_ddpm/strength_checks.csv",
                   "setting": "outputs/02_lq_ddpm/chosen_setting.json",
@@ -97,7 +98,7 @@ STAGES: tuple[Stage, ...] = (
           outs=("outputs/02_lq_ddpm",), persist=("outputs/02_lq_ddpm",)),
     Stage("03_lq_munit", ("lq_munit", "lq_ddpm", "pairs"),
           reads=("00_data.xray_manifest", "00_data.xray", "01_drr.drrs", "01_drr.drr", "02_lq_ddpm.weights",
-                 "02_lq_ddpm.setting"),
+                 "02_lq_ddpm.setting", "models"),
           writes={"run": "outputs/03_lq_munit/munit", "folder": "outputs/03_lq_munit",
                   "pairs_folder": "outputs/pairs", "pairs": "outputs/pairs/pairs.csv",
                   "pair_image": "outputs/pairs/{generator}/{tile_id}.png",
@@ -105,7 +106,7 @@ STAGES: tuple[Stage, ...] = (
           outs=("outputs/03_lq_munit", "outputs/pairs"), persist=("outputs/03_lq_munit",),
           metrics=("outputs/metrics/03_translation_checks.json",)),
     Stage("04_restorer", ("restorer", "pairs.hq_px", "pairs.lq_px"),
-          reads=("03_lq_munit.pairs", "03_lq_munit.pairs_folder"),
+          reads=("03_lq_munit.pairs", "03_lq_munit.pairs_folder", "models"),
           writes={"run": "outputs/04_restorer/{config}",
                   "weights": "outputs/04_restorer/{config}/restorer_ema.safetensors",
                   "curves": "outputs/04_restorer/{config}/dvclive/plots/metrics"},

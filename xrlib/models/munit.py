@@ -28,14 +28,14 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from xrlib.models.checkpoint import load_checkpoint, load_latest_checkpoint, save_checkpoint
+from xrlib.models.checkpoint import load_checkpoint, load_latest_checkpoint, load_weights, save_checkpoint
 from xrlib.models.sampling import low_pass
 from xrlib.models.training import check_steps_reached, drop_logged_after, run_checkpoints, training_time_extra
 from xrlib.errors import ConfigError
@@ -83,6 +83,20 @@ class MunitTraining:
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
+    init_weights: Optional[str] = None
+    """Start the generators from these weights (``released:NAME`` or a safetensors path of MUNIT's two
+    generators, as :mod:`xrlib.models.release` writes them); the discriminators start fresh."""
+
+    def identity_settings(self) -> dict[str, Any]:
+        """What a resumed run must share: not steps (the LR steps do not depend on the total: more steps extend
+        a run) nor logging; the start weights by their SHA-256."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items()
+                    if k not in ("steps", "checkpoint_every", "log_every", "init_weights")}
+        if self.init_weights:
+            from xrlib.models.released import initial_weights
+
+            settings["init_weights_sha256"] = initial_weights(self.init_weights)[1]
+        return settings
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,11 +388,13 @@ def train_munit(
     model = Munit(config)
     optimizers, schedulers = _optimizers(model, training)
     start, earlier_extra, started = 0, None, time.monotonic()
-    # what a resumed run must share; not steps (the LR steps do not depend on the total: more steps extend a run)
-    settings = {k: v for k, v in dataclasses.asdict(training).items() if k not in ("steps", "checkpoint_every", "log_every")}
-    identity = {"model": config.to_dict(), "settings": settings, "images": [len(hq_display), len(lq_display)]}
+    identity = {"model": config.to_dict(), "settings": training.identity_settings(), "images": [len(hq_display), len(lq_display)]}
     checkpoint_dir = run_checkpoints(checkpoint_dir, identity)
     resumed = load_latest_checkpoint(checkpoint_dir, _modules(model), optimizers, schedulers, config.to_dict())
+    if resumed is None and training.init_weights:
+        from xrlib.models.released import initial_weights, released_part
+
+        load_weights(initial_weights(training.init_weights)[0], released_part("munit", model))
     if resumed is not None:
         found, restored = resumed
         start, earlier_extra = restored["step"], restored["extra"]

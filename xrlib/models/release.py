@@ -1,4 +1,4 @@
-"""Released models: the weights of a finished run under ``models/``, with a manifest, loaded verified.
+"""Making a release: the weights of a finished run exported under ``models/``, with a manifest.
 
 ``xrlib release --profile NAME`` (:func:`make_release`) exports, from the checkpoints a finished
 run of profile NAME left under ``outputs/`` (:mod:`xrlib.stages` names where), the EMA weights of
@@ -12,14 +12,13 @@ every restorer in ``restore.configs``, the DDPM-LQ UNet and the MUNIT generators
 
 All of ``models/`` is at most :data:`MAX_RELEASE_BYTES` (50 MB): a larger release is refused before
 anything under ``models/`` changes. Files are written under temporary names and renamed; the
-manifest comes last. :func:`load_released` checks a file's SHA-256 against the manifest and refuses
+manifest comes last. :func:`xrlib.models.released.load_released` checks a file's SHA-256 against the manifest and refuses
 a file made for another architecture (its config, or its tensors: missing, surplus or of another
 shape), naming the file and what differs. Nothing in a weights file can run code (safetensors).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -34,40 +33,18 @@ import torch
 import xrlib
 from xrlib import stages
 from xrlib.data.registry import REGISTRY, DatasetEntry
-from xrlib.errors import ChecksumError, CheckpointError, ConfigError
+from xrlib.errors import CheckpointError, ConfigError
 from xrlib.io import sha256_file, write_json_atomic
-from xrlib.models.checkpoint import (TRAINING_STATE, latest_checkpoint, load_weights, read_config,
-                                     verify_checkpoint)
+from xrlib.models.checkpoint import TRAINING_STATE, latest_checkpoint, load_weights, verify_checkpoint
 from xrlib.models.training import RUN_IDENTITY, TrainConfig
 from xrlib.params import check_params, parse
 from xrlib.paths import project_root
+from xrlib.models.released import (MAKE_COMMAND, MANIFEST_FORMAT, MANIFEST_NAME, RELEASE_FOLDER, build_model,
+                                   release_folder, released_part)
 
-RELEASE_FOLDER = "models"
-MANIFEST_NAME = "manifest.json"
 MAX_RELEASE_BYTES = 50 * 1000 * 1000
 """The most that all of ``models/`` may hold (50 MB), so a clone stays small."""
-MANIFEST_FORMAT = 1
-KINDS = ("restorer", "ddpm_lq", "munit")
 DDPM_LQ_NAME, MUNIT_NAME = "ddpm_lq", "munit_lq"
-MAKE_COMMAND = "xrlib exp {profile} && xrlib release --profile {profile}"
-"""How a release is rebuilt from scratch: the seeded pipeline run, then the export."""
-
-
-def release_folder(root: Path | None = None) -> Path:
-    """``models/`` under the project root: the given one, else the working directory's (or ``XRLIB_ROOT``), else
-    the clone xrlib itself is installed from (so ``xrlib restore`` works from any folder)."""
-    if root is not None:
-        return Path(root) / RELEASE_FOLDER
-    try:
-        return project_root() / RELEASE_FOLDER
-    except ConfigError:
-        clone = Path(xrlib.__file__).resolve().parents[1]
-        if (clone / "dvc.yaml").is_file():
-            return clone / RELEASE_FOLDER
-        raise ConfigError("no released weights to find: xrlib is not installed from a clone of the compendium and the "
-                          "working directory is not inside one; run from the clone, set XRLIB_ROOT, or pass --weights PATH") from None
-
-
 def _json(value: Any) -> Any:
     """``value`` as JSON would give it back (tuples as lists, keys as strings)."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
@@ -124,26 +101,6 @@ def _run_settings(train: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in train.fingerprint(0).items() if k != "n_items"}
 
 
-def build_model(kind: str, config: Mapping[str, Any]) -> torch.nn.Module:
-    """An untrained model of ``kind`` (restorer, ddpm_lq: a diffusion UNet; munit: a MUNIT)."""
-    if kind in ("restorer", "ddpm_lq"):
-        from xrlib.models.unet import build_unet
-
-        return build_unet(config["unet"])
-    if kind == "munit":
-        from xrlib.models.munit import Munit, MunitConfig
-
-        return Munit(MunitConfig(**config["munit"]))
-    raise ConfigError(f"unknown released model kind '{kind}'; kinds are {', '.join(KINDS)}")
-
-
-def released_part(kind: str, model: torch.nn.Module) -> torch.nn.Module:
-    """What a released file holds of ``model``: all of a UNet; MUNIT's two generators, not its discriminators."""
-    if kind == "munit":
-        return torch.nn.ModuleDict({"gen_a": model.gen_a, "gen_b": model.gen_b})
-    return model
-
-
 def _export(module: torch.nn.Module, path: Path, config: Mapping[str, Any]) -> Path:
     from xrlib.models.unet import export_weights
 
@@ -190,10 +147,9 @@ def export_munit(settings: Mapping[str, Any], profile: str, root: Path, folder: 
 
     section = settings["lq_munit"]
     munit_config = MunitConfig(**section.model).to_dict()
-    training = dataclasses.asdict(MunitTraining(**section.train, seed=section.seed))
-    run_settings = {k: v for k, v in training.items() if k not in ("steps", "checkpoint_every", "log_every")}
-    run = finished_run(stages.path("03_lq_munit.run", root=root) / "checkpoints", munit_config, run_settings,
-                       training["steps"], "MUNIT-LQ", profile)
+    training = MunitTraining(**section.train, seed=section.seed)
+    run = finished_run(stages.path("03_lq_munit.run", root=root) / "checkpoints", munit_config,
+                       training.identity_settings(), training.steps, "MUNIT-LQ", profile)
     config = {"munit": munit_config}
     model = released_part("munit", build_model("munit", config))
     for part in ("gen_a", "gen_b"):
@@ -353,52 +309,3 @@ def make_release(profile: str, params: Mapping[str, Any], root: Path | None = No
 # Loading
 
 
-def read_manifest(folder: Path | None = None) -> dict[str, Any]:
-    """``models/manifest.json``; a clear error saying how to make it when there is none."""
-    folder = Path(folder) if folder else release_folder()
-    path = folder / MANIFEST_NAME
-    if not path.is_file():
-        raise CheckpointError(f"no released weights: {path} is missing. Make them from a finished run: "
-                              f"`{MAKE_COMMAND.format(profile='real-data')}`, or pass --weights PATH")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as error:
-        raise CheckpointError(f"{path}: not JSON ({error}); restore it (git checkout {RELEASE_FOLDER}/)") from error
-    if manifest.get("format") != MANIFEST_FORMAT or "models" not in manifest:
-        raise CheckpointError(f"{path}: manifest format {manifest.get('format')!r}, this xrlib reads {MANIFEST_FORMAT}")
-    return manifest
-
-
-def load_released(name: str | None = None, folder: Path | None = None,
-                  device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
-    """Model ``name`` of the release in ``folder`` (default ``models/``; name default: the default restorer).
-
-    Returns (model in eval mode, its config, its manifest entry). The file's SHA-256 must equal the
-    manifest's, its stored config the manifest's, and its tensors the architecture's (names and shapes).
-    """
-    folder = Path(folder) if folder else release_folder()
-    manifest = read_manifest(folder)
-    name = name or manifest.get("default_restorer")
-    if name is None:
-        raise CheckpointError(f"{folder / MANIFEST_NAME}: the release holds no restorer (only {', '.join(manifest['models'])}); "
-                              "name a model, or release a restorer")
-    if name not in manifest["models"]:
-        raise CheckpointError(f"{folder / MANIFEST_NAME}: no released model '{name}'; released: "
-                              f"{', '.join(manifest['models'])}")
-    entry = manifest["models"][name]
-    path = folder / entry["file"]
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing, though the manifest lists it; restore it (git checkout {RELEASE_FOLDER}/) "
-                              "or make the release again")
-    digest = sha256_file(path)
-    if digest != entry["sha256"]:
-        raise ChecksumError(f"{path}: SHA-256 {digest[:12]}... differs from the manifest's {entry['sha256'][:12]}...; "
-                            f"the file was altered or belongs to another release: restore it (git checkout {RELEASE_FOLDER}/)")
-    stored = read_config(path)
-    if stored != entry["config"]:
-        differing = sorted(k for k in set(stored) | set(entry["config"]) if stored.get(k) != entry["config"].get(k))
-        raise CheckpointError(f"{path}: made for another architecture than the manifest states (differs in "
-                              f"{', '.join(differing)}); restore the file or make the release again")
-    model = build_model(entry["kind"], entry["config"])
-    load_weights(path, released_part(entry["kind"], model), entry["config"])
-    return model.to(device).eval(), entry["config"], entry

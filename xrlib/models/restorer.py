@@ -231,7 +231,8 @@ def validated_steps(
 
 def restorer_settings(section: RestorerSettings, name: str) -> dict[str, Any]:
     """Configuration ``name``: the ``restorer`` section's ``base`` overridden by ``configs[name]``,
-    learning from the pairs 03_lq_munit writes, with the section's seed."""
+    learning from the pairs 03_lq_munit writes, with the section's seed; ``{config}`` in
+    ``train.init_weights`` becomes ``name``."""
     if name not in section.configs:
         raise ConfigError(f"restorer.configs has no '{name}'; known: {sorted(section.configs)}")
     settings = deep_merge(section.base, section.configs[name])
@@ -240,6 +241,8 @@ def restorer_settings(section: RestorerSettings, name: str) -> dict[str, Any]:
             raise ConfigError(f"restorer configuration '{name}' lacks '{key}' (in restorer.base or restorer.configs.{name})")
     settings["pairs"] = stages.relative_path("03_lq_munit.pairs")
     settings["train"] = {"seed": section.seed, **settings["train"]}
+    if settings["train"].get("init_weights"):  # e.g. "released:{config}": each configuration from its own release
+        settings["train"]["init_weights"] = settings["train"]["init_weights"].format(config=name)
     return settings
 
 

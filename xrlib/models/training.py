@@ -33,14 +33,14 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from xrlib.models.checkpoint import load_latest_checkpoint, remove_staging, save_checkpoint
+from xrlib.models.checkpoint import load_latest_checkpoint, load_weights, remove_staging, save_checkpoint
 from xrlib.errors import CheckpointError, ConfigError
 from xrlib.io import write_json_atomic, write_text_atomic
 from xrlib.params import parse, setting
@@ -73,10 +73,17 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     dvclive: bool = True
+    init_weights: Optional[str] = None
+    """Start from these weights, not random ones: ``released:NAME`` (``models/``) or a safetensors path (project-relative)."""
 
     def fingerprint(self, n_items: int) -> dict[str, Any]:
-        """What a resumed run must share with the run that wrote the checkpoint (not steps, logging or workers)."""
+        """What a resumed run must share with the run that wrote the checkpoint (not steps, logging or workers;
+        the start weights by their SHA-256)."""
         settings = {k: v for k, v in asdict(self).items() if k in RESULT_SETTINGS}
+        if self.init_weights:
+            from xrlib.models.released import initial_weights
+
+            settings["init_weights_sha256"] = initial_weights(self.init_weights)[1]
         return {**settings, "n_items": int(n_items)}
 
 
@@ -280,6 +287,11 @@ def train(
     start_step, earlier_extra, started = 0, None, time.monotonic()
     resumed = load_latest_checkpoint(checkpoints, {"model": model, "ema": ema}, {"optimizer": optimizer},
                                      {"lr": lr_schedule}, model_config, move_damaged=rank == 0)
+    if resumed is None and cfg.init_weights:
+        from xrlib.models.released import initial_weights
+
+        load_weights(initial_weights(cfg.init_weights)[0], model)
+        ema.load_state_dict(model.state_dict())
     if resumed is not None:
         found, restored = resumed
         if restored["extra"].get("fingerprint") != json.loads(json.dumps(fingerprint)):
