@@ -23,6 +23,7 @@ already picks :class:`~diffusers.models.attention_processor.AttnProcessor2_0`
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping, NamedTuple
 
@@ -101,13 +102,14 @@ def active(settings: Settings, device: torch.device | str) -> bool:
 
 def set_attention(model: torch.nn.Module, attention: str) -> None:
     """Every diffusers ``Attention`` of ``model`` on SDPA (``sdpa``) or the classic softmax path."""
-    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
-
     if attention not in ("sdpa", "classic"):
         raise ConfigError(f"accel.attention '{attention}' unknown; use sdpa or classic")
+    processors = sys.modules.get("diffusers.models.attention_processor")
+    if processors is None:  # diffusers not imported: the model has no diffusers attention (nor is diffusers loaded for it)
+        return
     for module in model.modules():
-        if isinstance(module, Attention):
-            module.set_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+        if isinstance(module, processors.Attention):
+            module.set_processor(processors.AttnProcessor2_0() if attention == "sdpa" else processors.AttnProcessor())
 
 
 def prepare_model(model: torch.nn.Module, settings: Settings, device: torch.device | str) -> torch.nn.Module:
