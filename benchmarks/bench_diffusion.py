@@ -44,6 +44,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's xrlib, whichever is installed
 
+from xrlib.models import accel as gpu  # noqa: E402
+from xrlib.models.accel import TrainAccel  # noqa: E402
 from xrlib.models.restorer import restorer_model_config, restorer_settings  # noqa: E402
 from xrlib.models.sampling import make_scheduler, sample  # noqa: E402
 from xrlib.models.training import ema_decay_at, select_device, update_ema, warmup_cosine  # noqa: E402
@@ -72,8 +74,10 @@ def timed(function, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def training_steps(model_config, size_px: int, batch: int, device: torch.device) -> dict:
-    """One training step per implementation, each on its own copy of the same initial UNet."""
+def training_steps(model_config, size_px: int, batch: int, device: torch.device, implementations=IMPLEMENTATIONS,
+                   settings: TrainAccel | None = None) -> dict:
+    """One training step per implementation, each on its own copy of the same initial UNet; each
+    returns its loss. ``settings``: xrlib's step with ``train.accel`` (default: none, as before)."""
     data = {"image": torch.rand(batch, 1, size_px, size_px, device=device) * 2 - 1,
             "condition": torch.rand(batch, 1, size_px, size_px, device=device) * 2 - 1,
             "seed": torch.arange(batch)}
@@ -81,23 +85,30 @@ def training_steps(model_config, size_px: int, batch: int, device: torch.device)
 
     torch.manual_seed(0)
     model = build_unet(model_config["unet"]).to(device).train()
+    if settings is not None:
+        model = gpu.prepare_model(model, settings, device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = (gpu.make_adamw(model.parameters(), settings, device, lr=1e-4) if settings is not None
+                 else torch.optim.AdamW(model.parameters(), lr=1e-4))
+    network = gpu.compile_for_training(model, settings, device) if settings is not None else model
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, 10, 10**6))
     loss_fn = diffusion_loss_fn(model_config["schedule"])
     count = iter(range(1, 10**9))
 
     def xrlib_step():
         with autocast(device):
-            loss = loss_fn(model, data)
+            loss = loss_fn(network, data)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         lr_schedule.step()
         update_ema(ema, model, ema_decay_at(next(count), 0.999))
+        return loss.detach()
 
     steps["xrlib"] = xrlib_step
+    if "diffusers" not in implementations:
+        return steps
 
     torch.manual_seed(0)
     plain = build_unet(model_config["unet"]).to(device).train()
@@ -115,6 +126,7 @@ def training_steps(model_config, size_px: int, batch: int, device: torch.device)
         loss.backward()
         plain_optimizer.step()
         plain_optimizer.zero_grad()
+        return loss.detach()
 
     steps["diffusers"] = diffusers_step
     return steps
@@ -122,7 +134,7 @@ def training_steps(model_config, size_px: int, batch: int, device: torch.device)
 
 def bench_training(model_config, size_px: int, batch: int, iterations: int, device: torch.device,
                    implementations=IMPLEMENTATIONS) -> list[dict]:
-    steps = training_steps(model_config, size_px, batch, device)
+    steps = training_steps(model_config, size_px, batch, device, implementations)
     with FlopCounterMode(display=False) as counter:
         steps["xrlib"]()  # also the warm-up
     flops = counter.get_total_flops()

@@ -43,3 +43,62 @@ def test_bf16_autocast_training_reduces_the_loss():
         optimizer.step()
         losses.append(float(loss))
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+
+
+def test_graph_and_compiled_sampling_agree_with_eager_within_bf16_tolerance():
+    """restore.accel's paths against eager sampling of the same UNet, same noise: CUDA graphs replay
+    the eager kernels (float32: near-identical), bf16 and compiled within bf16 tolerance."""
+    from xrlib.models.accel import SamplingUNet, for_sampling
+    from xrlib.models.restorer import restore
+
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    model = build_unet(UNET).to(device).eval()
+    condition = torch.rand(2, 1, 32, 32, device=device) * 2 - 1
+
+    def ddim(unet):
+        generators = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
+        return sample(unet, make_scheduler("ddim", SCHEDULE), condition, steps=10, generator=generators)
+
+    eager, eager_bf16 = ddim(model), ddim(SamplingUNet(model, "off", bf16=True))
+    graphed = SamplingUNet(model, "cuda_graph")
+    torch.testing.assert_close(ddim(graphed), eager, rtol=1e-4, atol=1e-4)
+    assert len(graphed._graphs) == 1
+    torch.testing.assert_close(ddim(SamplingUNet(model, "cuda_graph", bf16=True)), eager_bf16, rtol=1.6e-2, atol=1.6e-2)
+    torch.testing.assert_close(eager_bf16, eager, rtol=5e-2, atol=5e-2)
+    compiled = for_sampling(model, {"device": "cuda", "graph": "compile", "compile_mode": "reduce-overhead"})
+    torch.testing.assert_close(ddim(compiled), eager, rtol=1.6e-2, atol=1.6e-2)
+    config = {"unet": UNET, "schedule": SCHEDULE, "scale": 2}
+    lq = torch.rand(2, 1, 16, 16, device=device)
+    restored = [restore(m, config, lq, "ddim", 5, [torch.Generator(device=device).manual_seed(s) for s in (3, 4)])
+                for m in (model, for_sampling(model, {"device": "cuda", "graph": "cuda_graph"}))]
+    torch.testing.assert_close(restored[1], restored[0], rtol=1e-4, atol=1e-4)
+
+
+def test_train_with_the_cuda_accelerations_learns(tmp_path):
+    """train() with train.accel's CUDA defaults (channels_last, fused AdamW, SDPA, pinned prefetching loader)."""
+    from test_training import BlurredPairs
+
+    from xrlib.models import accel as gpu
+    from xrlib.models.training import train
+    from xrlib.models.unet import diffusion_loss_fn
+
+    optimizers = []
+    original = gpu.make_adamw
+
+    def spy(*args, **kwargs):
+        optimizers.append(original(*args, **kwargs))
+        return optimizers[-1]
+
+    gpu.make_adamw = spy
+    try:
+        config = {"steps": 60, "batch_size": 8, "learning_rate": 2e-3, "warmup_steps": 5, "checkpoint_every": 60,
+                  "log_every": 10, "progress": False, "dvclive": False, "num_workers": 2, "device": "cuda"}
+        result = train(build_unet(UNET), diffusion_loss_fn(SCHEDULE), BlurredPairs(), config, tmp_path,
+                       {"unet": UNET, "schedule": SCHEDULE})
+    finally:
+        gpu.make_adamw = original
+    assert optimizers[0].param_groups[0]["fused"]
+    assert result["model"].conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    losses = [loss for _, loss in result["history"]]
+    assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]

@@ -45,7 +45,7 @@ def test_settings_are_typed_attributes(params):
 
 
 @pytest.mark.parametrize("dotted, value, message", [
-    ("restore.stepz", 3, "restore: unknown key stepz; allowed are batch_size, configs"),
+    ("restore.stepz", 3, "restore: unknown key stepz; allowed are accel, batch_size, configs"),
     ("restorer.base.unet.dropouts", 0.1, "restorer.base.unet: unknown key dropouts"),
     ("restorer.configs.bicubic_baseline.trian", {}, "restorer.configs.bicubic_baseline: unknown key trian"),
     ("lq_ddpm.train.learnig_rate", 1e-3, "lq_ddpm.train: unknown key learnig_rate"),

@@ -397,6 +397,8 @@ class RestoreSettings:
     input_px: Optional[int] = setting(None, low=8)
     zoom_px: int = setting(low=1)
     gallery_images: int = setting(low=1)
+    accel: dict[str, Any] = setting({}, schema="xrlib.models.accel.SamplingAccel")
+    """Where and how the UNet runs (:class:`xrlib.models.accel.SamplingAccel`; default: the CPU, eager, float32)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from xrlib.models import accel as gpu
 from xrlib.models.checkpoint import load_latest_checkpoint, load_weights, remove_staging, save_checkpoint
 from xrlib.errors import CheckpointError, ConfigError
 from xrlib.io import write_json_atomic, write_text_atomic
@@ -75,6 +76,8 @@ class TrainConfig:
     dvclive: bool = True
     init_weights: Optional[str] = None
     """Start from these weights, not random ones: ``released:NAME`` (``models/``) or a safetensors path (project-relative)."""
+    accel: dict[str, Any] = setting({}, schema="xrlib.models.accel.TrainAccel")
+    """GPU accelerations (:class:`xrlib.models.accel.TrainAccel`; CUDA only by default)."""
 
     def fingerprint(self, n_items: int) -> dict[str, Any]:
         """What a resumed run must share with the run that wrote the checkpoint (not steps, logging or workers;
@@ -278,10 +281,11 @@ def train(
         remove_staging(checkpoints)
     live_dir = run_dir / "dvclive"
 
+    accel = gpu.as_settings(gpu.TrainAccel, cfg.accel, "train.accel")
     torch.manual_seed(cfg.seed)
-    model = model.to(device).train()
+    model = gpu.prepare_model(model.to(device).train(), accel, device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = gpu.make_adamw(model.parameters(), accel, device, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps))
     start_step, earlier_extra, started = 0, None, time.monotonic()
@@ -299,13 +303,15 @@ def train(
                                   f"was moved by hand: move {checkpoints} aside")
         start_step, earlier_extra = restored["step"], restored["extra"]
         check_steps_reached(start_step, cfg.steps, found)
+        gpu.after_resume(optimizer, accel, device)
     network = model
     if distributed:
         network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    network = gpu.compile_for_training(network, accel, device)
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=SeededBatches(len(dataset), cfg.batch_size, cfg.seed, start_step, cfg.steps, rank, world_size),
-        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        **gpu.loader_options(accel, device, cfg.num_workers))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
     live = None
