@@ -1,6 +1,6 @@
 """One-GPU check: every GPU measurement of the restorer and the projector in one run, as JSON and a markdown table.
 
-    python benchmarks/gpu_check.py --out benchmarks/results/gpu_check_h200.json   # CUDA machine (about 6-9 min; the compiles last)
+    python benchmarks/gpu_check.py --out benchmarks/results/gpu_check_h200.json   # CUDA machine (estimated 6-9 min; the compiles last)
     python benchmarks/gpu_check.py --dry-run --out /tmp/check.json               # anywhere: every code path, tiny, CPU
 
 The model is the ``--profile``'s restorer UNet (paper: 74 M parameters) at random initialisation
@@ -256,8 +256,10 @@ def measure_training(model_config, sizes: Sizes, device, settings: TrainAccel, p
     return result
 
 
-def measure_loader(sizes: Sizes, device: torch.device, batch: int, settings: TrainAccel, batches: int = 20) -> dict:
-    """The restorer's data path alone: PairDataset over 16-bit PNG pairs, DataLoader, copies to the device."""
+def measure_loader(sizes: Sizes, device: torch.device, batch: int, settings: TrainAccel) -> dict:
+    """The restorer's data path alone, steady state: PairDataset over 16-bit PNG pairs (each worker has
+    decoded and cached them in its 2 warm-up batches), DataLoader, non-blocking copies to the device."""
+    warmup, batches = 2 * max(1, sizes.workers), max(20, 3 * sizes.workers)
     with tempfile.TemporaryDirectory() as folder:
         rows = []
         rng = np.random.default_rng(0)
@@ -270,10 +272,10 @@ def measure_loader(sizes: Sizes, device: torch.device, batch: int, settings: Tra
             rows.append({"hq_path": f"hq{index}.png", "lq_path": f"lq{index}.png"})
         dataset = PairDataset(pd.DataFrame(rows), folder, crop_px=sizes.train_px, flip_left_right=True)
         options = gpu.loader_options(settings, device, sizes.workers)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=SeededBatches(len(dataset), batch, 0, 0, batches + 2),
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=SeededBatches(len(dataset), batch, 0, 0, warmup + batches),
                                              **options)
         iterator = iter(loader)
-        for _ in range(2):  # workers start, decode and cache their pairs
+        for _ in range(warmup):  # workers start, decode and cache their pairs
             next(iterator)
         synchronize(device)
         start = time.perf_counter()

@@ -124,6 +124,18 @@ def test_graph_wrapper_buffers_give_the_eager_samples_and_one_graph_per_shape():
     assert output.data_ptr() != wrapped._graphs[next(k for k in wrapped._graphs if k[0][0] == 1)][2].data_ptr()
 
 
+def test_graph_wrapper_serves_indi_restoration_with_continuous_timesteps():
+    from xrlib.models.sampling import indi_restore
+
+    schedule = {"process": "indi", "prediction_type": "sample", "num_train_timesteps": 1000, "target": "image"}
+    model = tiny_unet().eval()
+    degraded = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    wrapped = SamplingUNet(model, "cuda_graph", simulate_graph=True)
+    torch.testing.assert_close(indi_restore(wrapped, schedule, degraded, 3, degraded),
+                               indi_restore(model, schedule, degraded, 3, degraded), rtol=0, atol=1e-6)
+    assert [key[3] for key in wrapped._graphs] == [torch.float32]  # one graph, float timesteps
+
+
 def test_bf16_sampling_agrees_with_float32_within_bf16_tolerance():
     model = tiny_unet().eval()
     condition = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1

@@ -1,5 +1,7 @@
 """GPU-only checks of the restorer (run by benchmarks/gpu_check.py on a CUDA machine; skipped elsewhere)."""
 
+import math
+
 import pytest
 import torch
 
@@ -76,7 +78,8 @@ def test_graph_and_compiled_sampling_agree_with_eager_within_bf16_tolerance():
 
 
 def test_train_with_the_cuda_accelerations_learns(tmp_path):
-    """train() with train.accel's CUDA defaults (channels_last, fused AdamW, SDPA, pinned prefetching loader)."""
+    """train() with train.accel's CUDA defaults (channels_last, fused AdamW, SDPA, pinned prefetching loader),
+    resuming a run that began without them (unfused, contiguous optimizer state)."""
     from test_training import BlurredPairs
 
     from xrlib.models import accel as gpu
@@ -91,14 +94,19 @@ def test_train_with_the_cuda_accelerations_learns(tmp_path):
         return optimizers[-1]
 
     gpu.make_adamw = spy
+    config = {"batch_size": 8, "learning_rate": 2e-3, "warmup_steps": 5, "checkpoint_every": 30, "log_every": 10,
+              "progress": False, "dvclive": False, "num_workers": 2, "device": "cuda"}
     try:
-        config = {"steps": 60, "batch_size": 8, "learning_rate": 2e-3, "warmup_steps": 5, "checkpoint_every": 60,
-                  "log_every": 10, "progress": False, "dvclive": False, "num_workers": 2, "device": "cuda"}
-        result = train(build_unet(UNET), diffusion_loss_fn(SCHEDULE), BlurredPairs(), config, tmp_path,
-                       {"unet": UNET, "schedule": SCHEDULE})
+        first = train(build_unet(UNET), diffusion_loss_fn(SCHEDULE), BlurredPairs(), {
+            **config, "steps": 30, "accel": {"fused_adamw": False, "channels_last": False}}, tmp_path,
+            {"unet": UNET, "schedule": SCHEDULE})
+        result = train(build_unet(UNET), diffusion_loss_fn(SCHEDULE), BlurredPairs(), {**config, "steps": 60},
+                       tmp_path, {"unet": UNET, "schedule": SCHEDULE})
     finally:
         gpu.make_adamw = original
-    assert optimizers[0].param_groups[0]["fused"]
+    assert not optimizers[0].param_groups[0]["fused"] and optimizers[1].param_groups[0]["fused"]
+    assert all(state["step"].device.type == "cuda" for state in optimizers[1].state.values())
     assert result["model"].conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    losses = [loss for _, loss in result["history"]]
-    assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]
+    losses = [loss for _, loss in first["history"] + result["history"]]
+    assert [step for step, _ in result["history"]] == [40, 50, 60]
+    assert all(map(math.isfinite, losses)) and losses[-1] < losses[0]

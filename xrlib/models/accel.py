@@ -149,7 +149,9 @@ def make_adamw(parameters: Iterable[torch.nn.Parameter], settings: TrainAccel, d
 def after_resume(optimizer: torch.optim.AdamW, settings: TrainAccel, device: torch.device | str) -> None:
     """Fit an optimizer state loaded from a checkpoint to this run's settings: ``fused`` as
     :func:`make_adamw` chose it (a loaded state brings the writer's), and each state tensor in its
-    parameter's memory format (fused and foreach kernels walk parameter and state alike)."""
+    parameter's memory format (fused and foreach kernels walk parameter and state alike); the fused
+    kernel also wants each ``step`` count as float32 on the parameter's device (an unfused state keeps it
+    on the CPU)."""
     fused = settings.fused_adamw and torch.device(device).type == "cuda"
     for group in optimizer.param_groups:
         group["fused"] = fused or None
@@ -157,6 +159,8 @@ def after_resume(optimizer: torch.optim.AdamW, settings: TrainAccel, device: tor
         for key, value in state.items():
             if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
                 state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
+        if fused and torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].to(parameter.device, torch.float32)
 
 
 def loader_options(settings: TrainAccel, device: torch.device | str, num_workers: int) -> dict[str, Any]:
