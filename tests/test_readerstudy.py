@@ -338,3 +338,17 @@ def test_ratings_are_bound_to_their_deck(condition_table, tmp_path):
     old.to_csv(folder / "old.csv", index=False)
     _, problems, _ = load_ratings_folder(folder)
     assert "add the deck_id" in problems.set_index("source").loc["old.csv", "problem"]
+
+
+def test_rating_session_asks_the_name_then_rates_into_the_readers_file(condition_table, tmp_path):
+    deck, _ = build_deck(condition_table, seed=0)
+    session = readerstudy.RatingSession(deck, "ratings", root=tmp_path)
+    session.start_button.click()  # no name yet: nothing opens, nothing is written
+    assert session.widget is None and "name" in session.message.value
+    session.name.value = "erin"
+    session.start_button.click()
+    assert session.widget.ratings_path == tmp_path / "ratings" / "erin.csv"
+    assert "ratings/erin.csv" in session.message.value and session.area.children == (session.widget.container,)
+    fill_widget(session.widget, full_answers(70))
+    session.widget.submit_button.click()
+    assert read_ratings(tmp_path / "ratings" / "erin.csv")["nodule_confidence"].tolist() == ["70"]

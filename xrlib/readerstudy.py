@@ -25,6 +25,7 @@ import hashlib
 import io
 import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -460,6 +461,46 @@ class RatingWidget:
         append_answer(self.ratings_path, self.reader, self.current_case, answers, self.deck_id)
         self.queue.pop(0)
         self._show_current()
+
+
+class RatingSession:
+    """The rating form of a study, opened in the Lab: a reader types their name and presses Start.
+
+    ``RatingSession(deck, "ratings").show()`` in a notebook; Start opens a :class:`RatingWidget` on
+    ``<ratings_folder>/<name>.csv`` (a relative folder is taken from the project root), which
+    resumes where that reader stopped. Nothing is written before the first answer.
+    """
+
+    NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+    def __init__(self, deck: pd.DataFrame, ratings_folder: str | os.PathLike = "ratings", max_size_px: int = 768,
+                 root: str | os.PathLike | None = None):
+        import ipywidgets as widgets
+
+        self.deck, self.max_size_px = deck, max_size_px
+        self.root = Path(root) if root is not None else project_root()
+        self.ratings_folder = resolve_path(ratings_folder, self.root)
+        self.name = widgets.Text(placeholder="your name: letters, digits, - or _", description="Reader")
+        self.start_button = widgets.Button(description="Start", button_style="primary")
+        self.start_button.on_click(self._on_start)
+        self.message = widgets.HTML()
+        self.area = widgets.VBox()
+        self.widget: RatingWidget | None = None
+        self.container = widgets.VBox([widgets.HBox([self.name, self.start_button]), self.message, self.area])
+
+    def show(self):
+        """The form, for display in a notebook."""
+        return self.container
+
+    def _on_start(self, _button=None) -> None:
+        name = self.name.value.strip()
+        if not self.NAME.fullmatch(name):
+            self.message.value = "Please type your name (letters, digits, - or _), then press Start."
+            return
+        self.widget = RatingWidget(self.deck, self.ratings_folder / f"{name}.csv", name, self.max_size_px, self.root)
+        self.name.disabled = self.start_button.disabled = True
+        self.message.value = f"Answers go to {stored_path(self.widget.ratings_path, self.root)}"
+        self.area.children = (self.widget.show(),)
 
 
 QUESTION_LEVELS = {q.key: ("nominal" if q.is_yes_no else "ordinal" if q.high <= 10 else "interval") for q in QUESTIONS}
