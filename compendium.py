@@ -7,7 +7,12 @@
 
 Each command creates or reuses the virtual environment ``.venv`` (or ``$XRLIB_VENV``), installs the
 exact pins of requirements.lock when they changed, installs xrlib, fetches and verifies the default
-data, then runs. Nothing here needs conda; environment.yml is the conda route to the same pins.
+data, then runs (``XRLIB_NO_SETUP=1`` skips the install and the fetch: the environment is used as it
+is). ``lab`` first pairs each stage notebook's text form (notebooks/NN_name.py, what git keeps and
+DVC depends on) with the .ipynb the Lab opens (``xrlib notebooks --sync``); its extra arguments go
+to ``jupyter lab`` (e.g. ``--no-browser --port 8899 --IdentityProvider.token=SECRET``; the
+deprecated ``--ServerApp.token`` / ``--NotebookApp.token`` are passed on under that new name).
+Nothing here needs conda; environment.yml is the conda route to the same pins.
 """
 
 from __future__ import annotations
@@ -54,12 +59,24 @@ def setup() -> dict[str, str]:
     return env
 
 
+DEPRECATED_LAB_OPTIONS = {"--ServerApp.token": "--IdentityProvider.token", "--NotebookApp.token": "--IdentityProvider.token"}
+
+
+def lab_arguments(rest: list[str]) -> list[str]:
+    """``jupyter lab`` arguments, with deprecated token options under their current name."""
+    renamed = []
+    for argument in rest:
+        option, equals, value = argument.partition("=")
+        renamed.append(DEPRECATED_LAB_OPTIONS.get(option, option) + equals + value)
+    return ["lab", *renamed]
+
+
 def main(argv: list[str]) -> int:
     """Dispatch ``repro``, ``test`` or ``lab``."""
     if not argv or argv[0] not in ("repro", "test", "lab"):
         print(__doc__)
         return 2
-    env = setup()
+    env = _environment() if os.environ.get("XRLIB_NO_SETUP") == "1" else setup()
     command, rest = argv[0], argv[1:]
     try:
         if command == "repro":
@@ -68,7 +85,8 @@ def main(argv: list[str]) -> int:
         elif command == "test":
             _run(str(BIN / "python"), "-m", "pytest", *rest, env=env)
         else:
-            _run(str(BIN / "jupyter"), "lab", *rest, env=env)
+            _run(str(BIN / "xrlib"), "notebooks", "--sync", env=env)
+            _run(str(BIN / "jupyter"), *lab_arguments(rest), env=env)
     except subprocess.CalledProcessError as error:
         return error.returncode or 1
     return 0

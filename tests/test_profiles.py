@@ -68,6 +68,8 @@ def test_papermill_batch_run_writes_executed_copies(project_root, tmp_path):
     assert any(c.get("outputs") for c in notebook["cells"] if c["cell_type"] == "code")
     injected = [c for c in notebook["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and "split_fractions" in "".join(injected[0]["source"])
+    # only 00_data's own section is injected: no "Passed unknown parameter" for the other eight
+    assert [line.split(" = ")[0] for line in "".join(injected[0]["source"]).splitlines()[1:]] == ["data"]
 
 
 def test_cli_writes_merged_params(project_root, tmp_path):

@@ -1,10 +1,12 @@
 """Promises of the compendium itself: pinned environments agree, notebooks are clean and papermill-ready."""
 
-import json
+import ast
 import re
 
 import nbformat
 import yaml
+
+from xrlib import notebooks
 
 
 def _pins(lines):
@@ -29,28 +31,35 @@ def test_environment_yml_lists_the_lock_exactly(project_root):
 
 
 def test_notebooks_are_output_free_and_parameterised(project_root):
-    notebooks = sorted((project_root / "notebooks").glob("*.ipynb"))
-    assert notebooks, "no notebooks found"
-    for path in notebooks:
-        notebook = json.loads(path.read_text())
-        code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
-        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{path.name} has outputs"
-        assert "parameters" in code[0]["metadata"].get("tags", []), f"{path.name}: first code cell not tagged parameters"
-        assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", path.name), f"{path.name}: name as NN_name.ipynb"
-        assert notebook["metadata"]["kernelspec"]["name"] == "python3"
-        assert all("id" in cell for cell in notebook["cells"]), f"{path.name}: a cell lacks its id (nbformat 4.5)"
-        nbformat.validate(nbformat.reads(path.read_text(), as_version=nbformat.NO_CONVERT))
+    """Each stage notebook's source (notebooks/NN_name.py) has no outputs or notebook metadata, its first
+    code cell is tagged ``parameters`` and names exactly the params sections its stage receives."""
+    names = notebooks.stage_notebook_names(project_root)
+    assert names, "no notebooks found"
+    for name in names:
+        assert re.fullmatch(r"\d\d_[a-z0-9_]+", name), f"{name}: name as NN_name"
+        source = notebooks.source_path(name, project_root)
+        notebook = notebooks.read_notebook(source)
+        code = [c for c in notebook.cells if c.cell_type == "code"]
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{name} has outputs"
+        assert "parameters" in code[0].metadata.get("tags", []), f"{name}: first code cell not tagged parameters"
+        nbformat.validate(notebook)  # cells carry their ids (nbformat 4.5)
+        if source.suffix == ".py":
+            assert not source.read_text().startswith("# ---"), f"{source.name}: notebook metadata in the text form"
+        assigned = {target.id for node in ast.parse(code[0].source).body if isinstance(node, ast.Assign)
+                    for target in node.targets}
+        assert assigned == set(notebooks.stage_sections(name)), \
+            f"{name}: the parameters cell names {sorted(assigned)}, the stage passes {notebooks.stage_sections(name)}"
 
 
 def test_every_stage_runs_its_notebook_with_the_params_file(project_root):
     stages = yaml.safe_load((project_root / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((project_root / "params.yaml").read_text())
-    notebooks = {p.stem for p in (project_root / "notebooks").glob("*.ipynb")}
+    names = set(notebooks.stage_notebook_names(project_root))
     for name, stage in stages.items():
-        assert name in notebooks, f"stage {name} has no notebook"
-        assert f"notebooks/{name}.ipynb" in stage["deps"]
+        assert name in names, f"stage {name} has no notebook"
+        assert f"notebooks/{name}.py" in stage["deps"]
         assert f"outputs/notebooks/{name}.ipynb" in stage["outs"]
-        assert stage["cmd"].startswith("${nb}") or "-f params.yaml" in stage["cmd"]
+        assert stage["cmd"].startswith("${nb} ")
         for dotted in stage.get("params", []):
             node = params
             for key in dotted.split("."):

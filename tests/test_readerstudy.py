@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -96,9 +97,64 @@ def test_widget_opens_a_deck_without_references_read_back_from_csv(condition_tab
     assert read_back["reference_path"].isna().all()
     widget = RatingWidget(read_back, tmp_path / "alice.csv", reader="alice")
     assert bytes(widget.image.value).startswith(b"\x89PNG") and bytes(widget.reference.value) == b""
+    # no broken reference image and no question about a reference that is not there
+    assert widget.reference_panel.layout.display == "none"
+    assert not any("reference" in label.value for label in widget.labels.values())
     fill_widget(widget, full_answers(60))
     widget.submit_button.click()
     assert len(read_ratings(tmp_path / "alice.csv")) == 1
+
+
+def test_widget_shows_the_reference_and_says_so_only_where_a_case_has_one(condition_table, tmp_path):
+    with_reference = condition_table.copy()
+    for reference in with_reference["reference_path"].unique():
+        save_png16(reference, np.zeros((8, 8)))
+    with_reference.loc[with_reference["source_id"] == "src0", "reference_path"] = ""
+    deck, _ = build_deck(with_reference, seed=0)
+    widget = RatingWidget(deck, tmp_path / "carol.csv", reader="carol", root=tmp_path)
+    seen = set()
+    while widget.current_case is not None:
+        has_reference = bool(deck.set_index("case_id").loc[widget.current_case, "reference_path"])
+        compared = [widget.labels[q.key].value for q in readerstudy.QUESTIONS if q.compares]
+        assert (widget.reference_panel.layout.display != "none") == has_reference
+        assert all(("vs the reference" in label) == has_reference for label in compared)
+        if has_reference:
+            assert bytes(widget.reference.value).startswith(b"\x89PNG")
+        seen.add(has_reference)
+        fill_widget(widget, full_answers())
+        widget.submit_button.click()
+    assert seen == {True, False}
+
+
+def test_deck_stores_project_relative_paths_and_opens_in_another_folder(condition_table, tmp_path, monkeypatch):
+    """A deck made in one checkout opens in another; ratings land under the root whatever the notebook's folder."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    for root in (here, elsewhere):
+        (root / "outputs" / "images").mkdir(parents=True)
+        (root / "notebooks").mkdir()
+        (root / "dvc.yaml").write_text("stages: {}\n")
+    table = condition_table.drop(columns="reference_path")
+    moved = []
+    for source in table["image_path"]:
+        name = Path(source).name
+        for root in (here, elsewhere):
+            (root / "outputs" / "images" / name).write_bytes(Path(source).read_bytes())
+        moved.append(str(elsewhere / "outputs" / "images" / name))
+    deck, key = build_deck(table.assign(image_path=moved), seed=0, root=elsewhere)
+    assert all(p.startswith("outputs/images/") for p in deck["image_path"])
+    write_deck(deck, key, elsewhere / "outputs" / "deck")
+    (elsewhere / "outputs" / "images").rename(elsewhere / "outputs" / "moved")  # the other checkout is gone
+
+    monkeypatch.delenv("XRLIB_ROOT", raising=False)
+    monkeypatch.chdir(here / "notebooks")  # the Lab runs a notebook from its own folder
+    copied = pd.read_csv(elsewhere / "outputs" / "deck" / "deck.csv")
+    widget = RatingWidget(copied, "ratings/dave.csv", reader="dave")
+    assert widget.ratings_path == here / "ratings" / "dave.csv"
+    assert bytes(widget.image.value).startswith(b"\x89PNG")
+    fill_widget(widget, full_answers())
+    widget.submit_button.click()
+    assert len(read_ratings(here / "ratings" / "dave.csv")) == 1
+    assert not (here / "notebooks" / "ratings").exists()
 
 
 def test_widget_resumes_after_a_crash_and_finishes(condition_table, tmp_path, monkeypatch):
@@ -282,3 +338,17 @@ def test_ratings_are_bound_to_their_deck(condition_table, tmp_path):
     old.to_csv(folder / "old.csv", index=False)
     _, problems, _ = load_ratings_folder(folder)
     assert "add the deck_id" in problems.set_index("source").loc["old.csv", "problem"]
+
+
+def test_rating_session_asks_the_name_then_rates_into_the_readers_file(condition_table, tmp_path):
+    deck, _ = build_deck(condition_table, seed=0)
+    session = readerstudy.RatingSession(deck, "ratings", root=tmp_path)
+    session.start_button.click()  # no name yet: nothing opens, nothing is written
+    assert session.widget is None and "name" in session.message.value
+    session.name.value = "erin"
+    session.start_button.click()
+    assert session.widget.ratings_path == tmp_path / "ratings" / "erin.csv"
+    assert "ratings/erin.csv" in session.message.value and session.area.children == (session.widget.container,)
+    fill_widget(session.widget, full_answers(70))
+    session.widget.submit_button.click()
+    assert read_ratings(tmp_path / "ratings" / "erin.csv")["nodule_confidence"].tolist() == ["70"]

@@ -68,8 +68,7 @@ def test_every_path_a_stage_reads_is_declared_and_a_dependency(project_root):
         assert not undeclared, f"{stage.name} reads {undeclared} without declaring them in xrlib/stages.py"
         for key in stage.reads:
             assert _covered(deps, stages.dvc_path(key)), f"{stage.name} reads {key} but does not depend on it"
-            if key not in stages.MAY_BE_ABSENT:
-                assert stages.covers(stages.dvc_path(key), str(stages.relative_path(key)).split("{")[0].rstrip("/"))
+            assert stages.covers(stages.dvc_path(key), str(stages.relative_path(key)).split("{")[0].rstrip("/"))
         for out in stage.outs:
             assert out in [o if isinstance(o, str) else next(iter(o)) for o in dvc[stage.name]["outs"]]
 
@@ -107,10 +106,11 @@ def test_each_stage_reads_only_what_earlier_stages_write():
 
 
 def test_no_stage_output_path_is_written_outside_the_stage_table(project_root):
-    for file in sorted((project_root / "xrlib").rglob("*.py")) + sorted((project_root / "notebooks").glob("*.ipynb")):
+    notebooks = [project_root / stage.notebook for stage in stages.STAGES]
+    for file in sorted((project_root / "xrlib").rglob("*.py")) + notebooks:
         if file.name == "stages.py":
             continue
-        text = stages.notebook_code(file) if file.suffix == ".ipynb" else file.read_text()
+        text = stages.notebook_code(file) if file in notebooks else file.read_text()
         for literal in ('"outputs/', "'outputs/", '"paper/figures', "outputs_dir(", "/ \"outputs\""):
             assert literal not in text, f"{file.relative_to(project_root)} names a stage output path ({literal}...)"
 
@@ -123,7 +123,7 @@ def test_paths_fill_fields_and_keep_the_rest(tmp_path):
     assert str(pattern).endswith("outputs/05_restore/x_{generator}/test/{pair_id}.png")
     assert stages.dvc_path("05_restore.restored_test") == "outputs/05_restore"
     assert stages.dvc_path("01_drr.drr") == "outputs/01_drr/drr"
-    assert stages.dvc_path("data.ratings") == "data"
+    assert stages.dvc_path("ratings") == "ratings"
     with pytest.raises(ConfigError, match="writes no 'nodule'"):
         stages.path("01_drr.nodule")
     with pytest.raises(ConfigError, match="no field"):
@@ -142,3 +142,20 @@ def test_module_discovery_follows_imports_transitively(tmp_path):
     (tmp_path / "xrlib" / "unused.py").write_text("")
     found = stages.xrlib_modules("import pandas\nfrom xrlib.a import thing\n", tmp_path)
     assert found == {"xrlib/__init__.py", "xrlib/a.py", "xrlib/sub/__init__.py", "xrlib/sub/b.py", "xrlib/c.py"}
+
+
+def test_ratings_are_an_input_of_the_readers_stage_alone(project_root):
+    """A new rating reruns 07_readers, never 00_data (whose input is data/) and what follows it."""
+    dvc = _dvc(project_root)["stages"]
+    assert (project_root / "ratings").is_dir()
+    for name, stage in dvc.items():
+        reads_ratings = any(stages.covers(dep, "ratings/alice.csv") for dep in stage["deps"])
+        assert reads_ratings == (name == "07_readers"), name
+    assert not stages.covers(stages.INPUTS["data"], stages.INPUTS["ratings"])
+
+
+def test_stages_depend_on_the_notebooks_text_form_not_the_labs_copy(project_root):
+    for name, stage in _dvc(project_root)["stages"].items():
+        notebooks = [dep for dep in stage["deps"] if dep.startswith("notebooks/")]
+        assert notebooks == [f"notebooks/{name}.py"], (name, notebooks)
+        assert stage["cmd"] == f"${{nb}} {name} outputs/notebooks/{name}.ipynb"

@@ -14,6 +14,7 @@ from xrlib.data.fetch import fetch_default, fetch_entry
 from xrlib.data.registry import REGISTRY, get_entry
 from xrlib.errors import ConfigError, DataError, XRLibError
 from xrlib.io import write_text_atomic
+from xrlib.notebooks import sync as sync_notebooks
 from xrlib.paths import project_root
 from xrlib import stages
 from xrlib.params import check_params, load_params
@@ -88,6 +89,12 @@ def _stages(args: argparse.Namespace) -> None:
 
 
 def _notebooks(args: argparse.Namespace) -> None:
+    if args.sync:
+        for path in sync_notebooks(args.names):
+            print(f"paired {path.relative_to(project_root())} <-> {path.with_suffix('.ipynb').name}")
+        return
+    if not args.out:
+        raise ConfigError("xrlib notebooks: give --out FOLDER for the executed copies (or --sync to pair the notebooks)")
     check_params(profile_params(args.profile))
     for path in run_notebooks(args.profile, args.out, args.names):
         print(f"executed {path}")
@@ -143,10 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     stage_table = commands.add_parser("stages", help="print dvc.yaml as xrlib/stages.py declares it; --write writes it")
     stage_table.add_argument("--write", action="store_true", help="write dvc.yaml")
     stage_table.set_defaults(run=_stages)
-    notebooks = commands.add_parser("notebooks", help="batch-run notebooks with papermill outside DVC")
+    notebooks = commands.add_parser("notebooks", help="batch-run notebooks with papermill outside DVC; --sync pairs "
+                                    "each notebooks/NN_name.py (what git and DVC see) with its .ipynb (what the Lab opens)")
     notebooks.add_argument("names", nargs="*", help="notebooks by number or name (default: all, in order)")
     notebooks.add_argument("--profile", default="smoke", help="parameter profile (default: smoke)")
-    notebooks.add_argument("--out", required=True, help="folder for the executed copies")
+    notebooks.add_argument("--out", help="folder for the executed copies")
+    notebooks.add_argument("--sync", action="store_true",
+                           help="pair the notebooks: write a missing .py or .ipynb, else bring the older up to the newer")
     notebooks.set_defaults(run=_notebooks)
     release = commands.add_parser("release", help="export a finished run's weights to models/ with a manifest "
                                   "(SHA-256, config, data and licences, metrics)")

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import yaml
 
 from xrlib.errors import ConfigError
+from xrlib.notebooks import execute, select, source_path, stage_notebook_names
 from xrlib.params import deep_merge, load_params
 from xrlib.paths import project_root
 
@@ -76,33 +77,19 @@ def dvc_set_args(overrides: Mapping[str, Any], base: Mapping[str, Any], prefix: 
 
 
 def notebook_paths(names: list[str] | None = None, root: Path | None = None) -> list[Path]:
-    """The stage notebooks in order, or those whose names start with one of ``names`` (e.g. "04")."""
-    every = sorted((root or project_root()).joinpath("notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if not names:
-        return every
-    chosen = [p for p in every if any(p.stem == n or p.stem.startswith(f"{n}_") for n in names)]
-    unknown = [n for n in names if not any(p.stem == n or p.stem.startswith(f"{n}_") for p in every)]
-    if unknown:
-        raise ConfigError(f"no notebook {', '.join(unknown)}; choose from {', '.join(p.stem for p in every)}")
-    return chosen
+    """The stage notebooks' sources in order, or those whose names start with one of ``names`` (e.g. "04")."""
+    root = root or project_root()
+    chosen = [select(name, root) for name in names] if names else stage_notebook_names(root)
+    return [source_path(name, root) for name in chosen]
 
 
 def run_notebooks(profile: str, out_dir: str | os.PathLike, names: list[str] | None = None) -> list[Path]:
     """Execute stage notebooks with papermill outside DVC, with a profile's parameters.
 
-    Notebooks run in order (later ones read what earlier ones wrote under outputs/); executed
-    copies are written to ``out_dir``.
+    Notebooks run in order (later ones read what earlier ones wrote under outputs/), each with its
+    own params sections, as in the pipeline; executed copies are written to ``out_dir``.
     """
-    import papermill  # imported here: only batch runs need it
-
     root = project_root()
     parameters = profile_params(profile, root)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    executed = []
-    for notebook in notebook_paths(names, root):
-        target = out / notebook.name
-        papermill.execute_notebook(str(notebook), str(target), parameters=parameters, cwd=str(root / "notebooks"),
-                                   kernel_name="python3", progress_bar=False)
-        executed.append(target)
-    return executed
+    return [execute(path.stem, out / f"{path.stem}.ipynb", parameters, root) for path in notebook_paths(names, root)]

@@ -9,7 +9,13 @@ bad row and keeps every good one.
 
 The questions are the paper's (nodule easily visible; nodule confusable with bones, leads or
 buttons; lung-field clarity improved; significant noise increase), a 5-point realism rating and a
-0-100 confidence that a nodule is present (the ROC rating).
+0-100 confidence that a nodule is present (the ROC rating). Two questions compare the case with a
+reference image; in a deck without references the reference panel and the "vs the reference"
+wording are left out.
+
+Paths are relative to the project root wherever they are stored: a deck names its images relative
+to the root (so a deck made in another folder or on another machine opens here), and the widget
+resolves a relative ratings path against the root, not the notebook's working folder.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import hashlib
 import io
 import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +36,7 @@ from PIL import Image
 
 from xrlib.errors import DataError
 from xrlib.io import load_png, write_bytes_atomic, write_csv_atomic
+from xrlib.paths import project_root
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,12 @@ class Question:
     text: str
     low: int = 0
     high: int = 1
+    compares: bool = False
+    """Asked against the reference image (its label says so only when the case has one)."""
+
+    def label(self, with_reference: bool) -> str:
+        """The question as shown: comparative questions name the reference when there is one."""
+        return f"{self.text} (vs the reference)" if self.compares and with_reference else self.text
 
     @property
     def is_yes_no(self) -> bool:
@@ -48,8 +62,8 @@ class Question:
 QUESTIONS = (
     Question("nodule_easily_visible", "Is the nodule easily visible?"),
     Question("nodule_confusable", "Could the nodule be confused with bones, leads or buttons?"),
-    Question("lung_clarity_improved", "Is the clarity of the lung fields improved (vs the reference)?"),
-    Question("noise_increase", "Is there a significant increase in noise (vs the reference)?"),
+    Question("lung_clarity_improved", "Is the clarity of the lung fields improved?", compares=True),
+    Question("noise_increase", "Is there a significant increase in noise?", compares=True),
     Question("realism", "How realistic is this radiograph? (1 = clearly synthetic, 5 = indistinguishable from real)", 1, 5),
     Question("nodule_confidence", "Confidence that a nodule is present (0 = surely absent, 100 = surely present)", 0, 100),
 )
@@ -66,18 +80,41 @@ def deck_fingerprint(deck: pd.DataFrame) -> str:
     Stored in the key (``deck_id``) and in every rating, so ratings are only ever joined with the
     key of the deck they were given against.
     """
-    shown = deck.loc[:, list(DECK_COLUMNS)].fillna("").astype(str)
+    shown = deck.loc[:, list(DECK_COLUMNS)].astype(object).fillna("").astype(str)
     return hashlib.sha256(shown.to_csv(index=False).encode("utf-8")).hexdigest()[:16]
 
 
-def build_deck(conditions: pd.DataFrame, seed: int, id_prefix: str = "case") -> tuple[pd.DataFrame, pd.DataFrame]:
+def stored_path(value: object, root: Path | None = None) -> str:
+    """A path as a deck stores it: relative to the project root (POSIX) when under it, else as given;
+    "" for none (empty, NaN)."""
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        return ""
+    path = Path(value)
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to((root or project_root()).resolve()).as_posix()
+        except ValueError:
+            return str(path)
+    return path.as_posix()
+
+
+def resolve_path(value: object, root: Path | None = None) -> Path | None:
+    """A stored path as a file here: relative paths are taken from the project root; None for none."""
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else (root or project_root()) / path
+
+
+def build_deck(conditions: pd.DataFrame, seed: int, id_prefix: str = "case",
+               root: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A blinded deck and its hidden key from a condition table.
 
     ``conditions`` has one row per image to rate: ``source_id`` (the underlying case, shared by
     its versions under each condition), ``condition``, ``image_path``, ``truth`` (1 nodule
     present, 0 absent) and optionally ``reference_path`` (shown beside it for the comparative
     questions). Returns ``deck`` (case_id, image_path, reference_path: what readers see, in
-    presentation order) and ``key`` (case_id, source_id, condition, truth, deck_id: the deck's
+    presentation order; paths under the project root ``root`` stored relative to it) and ``key`` (case_id, source_id, condition, truth, deck_id: the deck's
     :func:`deck_fingerprint`).
     """
     missing = [c for c in CONDITION_COLUMNS if c not in conditions.columns]
@@ -93,8 +130,9 @@ def build_deck(conditions: pd.DataFrame, seed: int, id_prefix: str = "case") -> 
     width = max(3, len(str(len(shuffled))))
     case_ids = [f"{id_prefix}{i + 1:0{width}d}" for i in range(len(shuffled))]
     reference = shuffled["reference_path"] if "reference_path" in shuffled else pd.Series([""] * len(shuffled))
-    deck = pd.DataFrame({"case_id": case_ids, "image_path": shuffled["image_path"].astype(str),
-                         "reference_path": reference.fillna("").astype(str).to_numpy()})
+    root = root or project_root()
+    deck = pd.DataFrame({"case_id": case_ids, "image_path": [stored_path(p, root) for p in shuffled["image_path"]],
+                         "reference_path": [stored_path(p, root) for p in reference]})
     key = pd.DataFrame({"case_id": case_ids, "source_id": shuffled["source_id"].to_numpy(),
                         "condition": shuffled["condition"].to_numpy(), "truth": shuffled["truth"].astype(int).to_numpy(),
                         "deck_id": deck_fingerprint(deck)})
@@ -333,6 +371,9 @@ def ratings_to_readings(ratings: pd.DataFrame, rating: str = "nodule_confidence"
 
 def display_png_bytes(path: str | os.PathLike, max_size_px: int = 1024) -> bytes:
     """An image file as 8-bit PNG bytes for the widget (greyscale, longest side at most max_size_px)."""
+    if not Path(path).is_file():
+        raise DataError(f"deck image {path} does not exist: a deck names its images relative to the project root "
+                        "(rebuild a deck that stores absolute paths of another machine with build_deck)")
     image = Image.fromarray(np.round(load_png(path) * 255).astype(np.uint8))
     image.thumbnail((max_size_px, max_size_px))
     buffer = io.BytesIO()
@@ -343,17 +384,21 @@ def display_png_bytes(path: str | os.PathLike, max_size_px: int = 1024) -> bytes
 class RatingWidget:
     """A JupyterLab form that shows one case at a time and records the answers.
 
-    ``RatingWidget(deck, "ratings/reader_a.csv", reader="a").show()`` in a notebook. Every
-    submit appends the answers (atomically) and moves to the next unanswered case; starting the
-    widget again after a crash resumes where the file stops.
+    ``RatingWidget(deck, "ratings/reader_a.csv", reader="a").show()`` in a notebook, from any
+    folder: a relative ``ratings_path`` and the deck's relative image paths are taken from the
+    project root ``root``. Every submit appends the answers (atomically) and moves to the next
+    unanswered case; starting the widget again after a crash resumes where the file stops. The
+    reference panel and the "vs the reference" wording show only for cases that have a reference.
     """
 
-    def __init__(self, deck: pd.DataFrame, ratings_path: str | os.PathLike, reader: str, max_size_px: int = 768):
+    def __init__(self, deck: pd.DataFrame, ratings_path: str | os.PathLike, reader: str, max_size_px: int = 768,
+                 root: str | os.PathLike | None = None):
         import ipywidgets as widgets
 
+        self.root = Path(root) if root is not None else project_root()
         self.deck = deck.set_index("case_id", drop=False)
         self.deck_id = deck_fingerprint(deck)
-        self.ratings_path = Path(ratings_path)
+        self.ratings_path = resolve_path(ratings_path, self.root)
         self.reader = reader
         self.max_size_px = max_size_px
         self.queue = remaining_cases(deck, self.ratings_path)
@@ -369,11 +414,12 @@ class RatingWidget:
         self.submit_button = widgets.Button(description="Submit and next", button_style="primary")
         self.submit_button.on_click(self._on_submit)
         self.status = widgets.HTML()
-        form = [widgets.VBox([widgets.HTML(f"<b>{q.text}</b>"), self.inputs[q.key]]) for q in QUESTIONS]
+        self.labels = {q.key: widgets.HTML(f"<b>{q.label(False)}</b>") for q in QUESTIONS}
+        form = [widgets.VBox([self.labels[q.key], self.inputs[q.key]]) for q in QUESTIONS]
+        self.reference_panel = widgets.VBox([widgets.HTML("reference"), self.reference])
         self.container = widgets.VBox([
             self.status,
-            widgets.HBox([widgets.VBox([widgets.HTML("case"), self.image]),
-                          widgets.VBox([widgets.HTML("reference"), self.reference])]),
+            widgets.HBox([widgets.VBox([widgets.HTML("case"), self.image]), self.reference_panel]),
             *form, self.submit_button,
         ])
         self._show_current()
@@ -394,10 +440,13 @@ class RatingWidget:
             self.submit_button.disabled = True
             return
         entry = self.deck.loc[self.current_case]
-        self.image.value = display_png_bytes(entry["image_path"], self.max_size_px)
-        reference = entry.get("reference_path", "")
+        self.image.value = display_png_bytes(resolve_path(entry["image_path"], self.root), self.max_size_px)
         # a deck read back with pandas holds NaN where no reference was given
-        self.reference.value = display_png_bytes(reference, self.max_size_px) if isinstance(reference, str) and reference else b""
+        reference = resolve_path(entry.get("reference_path", ""), self.root)
+        self.reference.value = display_png_bytes(reference, self.max_size_px) if reference else b""
+        self.reference_panel.layout.display = None if reference else "none"
+        for question in QUESTIONS:
+            self.labels[question.key].value = f"<b>{question.label(reference is not None)}</b>"
         for question in QUESTIONS:
             control = self.inputs[question.key]
             control.value = None if question.is_yes_no else (question.low + question.high) // 2
@@ -412,6 +461,46 @@ class RatingWidget:
         append_answer(self.ratings_path, self.reader, self.current_case, answers, self.deck_id)
         self.queue.pop(0)
         self._show_current()
+
+
+class RatingSession:
+    """The rating form of a study, opened in the Lab: a reader types their name and presses Start.
+
+    ``RatingSession(deck, "ratings").show()`` in a notebook; Start opens a :class:`RatingWidget` on
+    ``<ratings_folder>/<name>.csv`` (a relative folder is taken from the project root), which
+    resumes where that reader stopped. Nothing is written before the first answer.
+    """
+
+    NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+    def __init__(self, deck: pd.DataFrame, ratings_folder: str | os.PathLike = "ratings", max_size_px: int = 768,
+                 root: str | os.PathLike | None = None):
+        import ipywidgets as widgets
+
+        self.deck, self.max_size_px = deck, max_size_px
+        self.root = Path(root) if root is not None else project_root()
+        self.ratings_folder = resolve_path(ratings_folder, self.root)
+        self.name = widgets.Text(placeholder="your name: letters, digits, - or _", description="Reader")
+        self.start_button = widgets.Button(description="Start", button_style="primary")
+        self.start_button.on_click(self._on_start)
+        self.message = widgets.HTML()
+        self.area = widgets.VBox()
+        self.widget: RatingWidget | None = None
+        self.container = widgets.VBox([widgets.HBox([self.name, self.start_button]), self.message, self.area])
+
+    def show(self):
+        """The form, for display in a notebook."""
+        return self.container
+
+    def _on_start(self, _button=None) -> None:
+        name = self.name.value.strip()
+        if not self.NAME.fullmatch(name):
+            self.message.value = "Please type your name (letters, digits, - or _), then press Start."
+            return
+        self.widget = RatingWidget(self.deck, self.ratings_folder / f"{name}.csv", name, self.max_size_px, self.root)
+        self.name.disabled = self.start_button.disabled = True
+        self.message.value = f"Answers go to {stored_path(self.widget.ratings_path, self.root)}"
+        self.area.children = (self.widget.show(),)
 
 
 QUESTION_LEVELS = {q.key: ("nominal" if q.is_yes_no else "ordinal" if q.high <= 10 else "interval") for q in QUESTIONS}

@@ -9,8 +9,11 @@ Notebooks and the library take paths from here, through :func:`path`::
     path("05_restore.restored_drr", config="diffusionxray_munit", drr_id="case-aug00-pa")
 
 ``dvc.yaml`` is written from this table by ``xrlib stages --write``: each stage's deps are its
-notebook, the xrlib modules the notebook imports (transitively, found by :func:`xrlib_modules`)
-and the folders or files of the paths it reads; its outs are its output folders.
+notebook's text form (``notebooks/<stage>.py``, see :mod:`xrlib.notebooks`: the Lab's .ipynb is
+not a dependency, so running and saving it there changes nothing), the xrlib modules the notebook
+imports (transitively, found by :func:`xrlib_modules`) and the folders or files of the paths it
+reads; its outs are its output folders. Its command runs the notebook with only the stage's own
+params sections.
 tests/test_stages.py fails when dvc.yaml and this table (or the notebooks' imports) disagree.
 """
 
@@ -29,28 +32,24 @@ import yaml
 from xrlib.errors import ConfigError
 from xrlib.paths import project_root
 
-NOTEBOOK_COMMAND = ("mkdir -p outputs/notebooks && papermill --no-progress-bar -k python3 --cwd notebooks "
-                    "-f params.yaml")
-"""How dvc.yaml runs a notebook: papermill injects every params section (``${nb}`` in dvc.yaml)."""
+NOTEBOOK_COMMAND = "python -m xrlib.notebooks"
+"""How dvc.yaml runs a stage's notebook: papermill, with only the stage's params sections (:mod:`xrlib.notebooks`)."""
 
 INPUTS = {
     "data": "data",                                   # the DVC-tracked input folder (data.dvc)
     "data.ct": "data/ct",                             # CT volumes (+ label maps), one folder per patient
     "data.xray": "data/xray",                         # real chest X-rays, one folder per dataset
-    "data.ratings": "data/ratings",                   # human reader-study ratings (key.csv + one CSV per reader)
+    "ratings": "ratings",                             # human reader-study ratings (key.csv + one CSV per reader), in git
     "reference": "tests/data/reference",              # published agreement and MRMC data with their results
     "models": "models",                               # released weights a training may start from (train.init_weights)
 }
-"""Paths no stage writes: the inputs of the pipeline."""
-
-MAY_BE_ABSENT = {"data.ratings": "data"}
-"""Inputs that may not exist yet (no human ratings before a reader study): DVC tracks the folder
-that holds them, which always exists, so new ratings (``dvc add data``) rerun the stage."""
+"""Paths no stage writes: the inputs of the pipeline. Ratings sit outside data/ (00_data's input),
+so a new rating reruns 07_readers only; ratings/ always exists (its README), so DVC can depend on it."""
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage: notebook ``notebooks/<name>.ipynb``, run with its params sections."""
+    """One pipeline stage: notebook ``notebooks/<name>.py`` (paired with an .ipynb for the Lab), run with its params sections."""
 
     name: str
     params: tuple[str, ...]
@@ -69,7 +68,8 @@ class Stage:
 
     @property
     def notebook(self) -> str:
-        return f"notebooks/{self.name}.ipynb"
+        """The notebook's text form (jupytext percent script): what git keeps and the stage depends on."""
+        return f"notebooks/{self.name}.py"
 
     @property
     def executed_notebook(self) -> str:
@@ -129,7 +129,7 @@ STAGES: tuple[Stage, ...] = (
           writes={"folder": "outputs/06_metrics", "metrics": "outputs/metrics/06_metrics.json"},
           outs=("outputs/06_metrics",), metrics=("outputs/metrics/06_metrics.json",)),
     Stage("07_readers", ("readers",),
-          reads=("reference", "data.ratings", "01_drr.nodules", "01_drr.drr", "01_drr.drr_nodule_free",
+          reads=("reference", "ratings", "01_drr.nodules", "01_drr.drr", "01_drr.drr_nodule_free",
                  "05_restore.restored_drr", "05_restore.restored_drr_nodule_free"),
           writes={"folder": "outputs/07_readers"},
           outs=("outputs/07_readers",)),
@@ -186,8 +186,6 @@ def path(key: str, root: Path | None = None, **values: Any) -> Path:
 
 def dvc_path(key: str) -> str:
     """What DVC tracks for ``key``: the path itself, or the folder above its first ``{field}``."""
-    if key in MAY_BE_ABSENT:
-        return MAY_BE_ABSENT[key]
     template = relative_path(key)
     if "{" not in template:
         return template
@@ -200,8 +198,20 @@ def dvc_path(key: str) -> str:
 
 
 def notebook_code(notebook: Path) -> str:
-    """The code cells of a notebook, joined (IPython magics dropped)."""
-    cells = json.loads(Path(notebook).read_text())["cells"]
+    """The code cells of a notebook (its text form or an .ipynb), joined (IPython magics dropped).
+
+    A stage's ``notebooks/<stage>.py`` not yet written from its .ipynb (``xrlib notebooks --sync``)
+    is read from the .ipynb.
+    """
+    notebook = Path(notebook)
+    if notebook.suffix == ".py" and not notebook.is_file() and notebook.with_suffix(".ipynb").is_file():
+        notebook = notebook.with_suffix(".ipynb")
+    if notebook.suffix == ".ipynb":
+        cells = json.loads(notebook.read_text())["cells"]
+    else:
+        import jupytext
+
+        cells = jupytext.read(notebook)["cells"]
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     return "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))
 
@@ -271,7 +281,7 @@ def dvc_stages(root: Path | None = None) -> dict[str, dict[str, Any]]:
     for item in STAGES:
         outs: list[Any] = [{out: {"persist": True}} if out in item.persist else out for out in item.outs]
         entry: dict[str, Any] = {
-            "cmd": f"${{nb}} {item.notebook} {item.executed_notebook}",
+            "cmd": f"${{nb}} {item.name} {item.executed_notebook}",
             "deps": stage_deps(item, root),
             "params": list(item.params),
             "outs": [*outs, item.executed_notebook],
@@ -298,9 +308,10 @@ def dvc_plots(restorer_configs: list[str]) -> list[dict[str, Any]]:
 DVC_YAML_HEADER = """\
 # Written by `xrlib stages --write` from xrlib/stages.py (the stage table) and the notebooks' imports:
 # edit those, not this file (tests/test_stages.py fails when the two disagree). Each stage runs one
-# notebook with papermill; `-f params.yaml` injects every params section and the notebook checks its
-# own (xrlib.params). Executed notebooks are outputs. `dvc dag` draws it; `xrlib exp PROFILE` reruns
-# it with a profile's overrides.
+# notebook (its text form notebooks/<stage>.py; the Lab's paired .ipynb is no dependency) with
+# papermill (`python -m xrlib.notebooks STAGE`), injecting only the stage's own params sections,
+# which the notebook checks (xrlib.params). Executed notebooks are outputs. `dvc dag` draws it;
+# `xrlib exp PROFILE` reruns it with a profile's overrides.
 """
 
 

@@ -22,6 +22,7 @@ from xrlib.drr.truth import NODULE_COLUMNS
 from xrlib.io import save_png16, write_bytes_atomic, write_csv_atomic, write_json_atomic
 from xrlib.params import DrrSettings
 from xrlib.paths import project_root
+from xrlib.progress import progress
 from xrlib.drr.nodules import (
     allowed_centres,
     library_nodule,
@@ -114,6 +115,7 @@ def build_drr_set(ct_table: pd.DataFrame, settings: DrrSettings, out_dir: Path, 
     drrs.csv and nodules.csv. Returns (drrs, nodules) tables."""
     out_dir = Path(out_dir)
     drr_rows, nodule_rows = [], []
+    bar = progress(desc="render DRRs", total=len(ct_table) * int(settings.augmentations_per_ct), unit="DRR")
     for ct_row in ct_table.itertuples():
         label = str(root / ct_row.label_path) if isinstance(ct_row.label_path, str) and ct_row.label_path else None
         base = resample_ct(load_ct(root / ct_row.image_path, label), settings.ct_spacing_mm)
@@ -123,6 +125,7 @@ def build_drr_set(ct_table: pd.DataFrame, settings: DrrSettings, out_dir: Path, 
             ct = augment_ct(base, index, int(settings.seed), float(settings.augment_rotation_deg),
                             float(settings.augment_scale), float(settings.elastic_displacement_mm))
             result = render_patient(ct, patient_id, settings, rng)
+            bar.update(1)
             drr_id = f"{patient_id}-{result['geometry'].view.lower()}"
             paths = {"drr_path": f"drr/{drr_id}.png", "drr_nodule_free_path": f"drr_nodule_free/{drr_id}.png",
                      "line_integrals_path": f"line_integrals/{drr_id}.npy", "sidecar_path": f"sidecar/{drr_id}.json"}
@@ -148,6 +151,7 @@ def build_drr_set(ct_table: pd.DataFrame, settings: DrrSettings, out_dir: Path, 
                                                nodule["centre_ras_mm"])),
                                     "diameter_mm": nodule["diameter_mm"],
                                     **{k: nodule[k] for k in NODULE_COLUMNS[9:]}})
+    bar.close()
     drrs = pd.DataFrame(drr_rows)
     nodules = pd.DataFrame(nodule_rows, columns=list(NODULE_COLUMNS))
     write_csv_atomic(out_dir / "drrs.csv", drrs)

@@ -26,6 +26,7 @@ from scipy.special import eval_laguerre
 
 from xrlib.errors import DataError
 from xrlib.io import load_png
+from xrlib.progress import progress
 
 VIRTUAL_READER_PREFIX = "virtual reader"
 
@@ -203,7 +204,7 @@ def virtual_readings(roi_sets: dict[str, ROISet], n_readers: int, seed: int, tra
     all_cases = np.concatenate([roi_sets[c].case_ids for c in conditions])
     train_cases, test_cases = split_cases(all_cases, train_fraction, rng)
     rows = []
-    for reader in range(n_readers):
+    for reader in progress(range(n_readers), "virtual readers", n_readers, unit="reader"):
         reader_rng = np.random.default_rng([seed, reader])
         name = f"{VIRTUAL_READER_PREFIX} CHO {reader + 1}"
         for condition in conditions:

@@ -20,6 +20,7 @@ from torchmetrics.functional.image import (
 
 from xrlib.errors import ConfigError, DataError
 from xrlib.eval.images import DATA_RANGE, check_batch, load_image_batch, missing_files, resize_images
+from xrlib.progress import progress
 
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 """Wang, Simoncelli and Bovik (2003) scale weights, finest scale first."""
@@ -144,7 +145,7 @@ def quality_table_from_pairs(
         missing_files(paths, f"restored test images of '{method}'")
     missing_files([root / p for p in chosen["hq_path"]] + [root / p for p in chosen["lq_path"]], "pair images")
     tables = []
-    for index, row in enumerate(chosen.itertuples()):
+    for index, row in enumerate(progress(chosen.itertuples(), "image quality", len(chosen), unit="pair")):
         hq = load_image_batch([root / row.hq_path])
         candidates = {"lq_input": resize_images(load_image_batch([root / row.lq_path]), tuple(hq.shape[-2:]), "bicubic")}
         candidates.update({method: load_image_batch([paths[index]]) for method, paths in restored_paths.items()})

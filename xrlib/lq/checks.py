@@ -25,6 +25,7 @@ from xrlib.eval.realism import radial_power_spectrum
 from xrlib.io import load_png
 from xrlib.lq.pairs import load_display_stack
 from xrlib.lq.twins import ddpm_translate
+from xrlib.progress import progress
 
 
 def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
@@ -161,11 +162,11 @@ def sdedit_sweep(unet: torch.nn.Module, scheduler: Any, hq_display: torch.Tensor
     size = int(unet.config.sample_size)
     small = resize_bicubic(hq_display, (size, size))
     rows = []
-    for strength in strengths:
-        for factor in ilvr_factors:
-            twins = ddpm_translate(unet, scheduler, small, float(strength), num_inference_steps, int(factor), seed)
-            rows.append({"strength": float(strength), "ilvr_factor": int(factor),
-                         **translation_report(hq_display, twins, drr_display, low_pass_sigma_px)})
+    settings = [(strength, factor) for strength in strengths for factor in ilvr_factors]
+    for strength, factor in progress(settings, "SDEdit sweep", len(settings), unit="setting"):
+        twins = ddpm_translate(unet, scheduler, small, float(strength), num_inference_steps, int(factor), seed)
+        rows.append({"strength": float(strength), "ilvr_factor": int(factor),
+                     **translation_report(hq_display, twins, drr_display, low_pass_sigma_px)})
     return pd.DataFrame(rows)
 
 

@@ -19,6 +19,7 @@ from xrlib.data.pairs import PAIR_COLUMNS, resize_bicubic
 from xrlib.errors import ConfigError, DataError
 from xrlib.lq.twins import Translate
 from xrlib.io import load_png, save_png16, write_csv_atomic
+from xrlib.progress import progress
 
 
 def load_square_display(path: str | Path, size_px: int) -> torch.Tensor:
@@ -104,6 +105,7 @@ def build_pairs(
     fractions = split_fractions or {"train": 0.7, "val": 0.1, "test": 0.2}
     units = pair_units(hq_table, tiles_per_side, fractions, seed)
     rows, tile_index = [], 0
+    bar = progress(desc="pairs", total=len(units), unit="tile")
     for _, image_units in units.groupby("image_id", sort=False):
         square = load_square_display(root / image_units.path.iloc[0], hq_px * tiles_per_side)
         for unit, hq in zip(image_units.itertuples(index=False), cut_tiles(square, tiles_per_side)):
@@ -121,7 +123,9 @@ def build_pairs(
                     "generator_params": json.dumps(dict(params), sort_keys=True),
                     "lq_path": str(Path(lq_path).relative_to(root)), "hq_path": str(Path(hq_path).relative_to(root)),
                 })
+            bar.update(1)
     manifest = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    bar.close()
     write_csv_atomic(output_dir / "pairs.csv", manifest)
     return manifest
 

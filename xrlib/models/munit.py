@@ -33,12 +33,12 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from xrlib.models.checkpoint import load_checkpoint, load_latest_checkpoint, load_weights, save_checkpoint
 from xrlib.models.sampling import low_pass
 from xrlib.models.training import check_steps_reached, drop_logged_after, run_checkpoints, training_time_extra
 from xrlib.errors import ConfigError
+from xrlib.progress import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -404,7 +404,7 @@ def train_munit(
     x_a_all = hq_display * 2 - 1
     x_b_all = lq_display * 2 - 1
     model.train()
-    for step in tqdm(range(start + 1, training.steps + 1), initial=start, total=training.steps, disable=not progress, desc="MUNIT"):
+    for step in progress_bar(range(start + 1, training.steps + 1), "MUNIT", training.steps, initial=start, disable=not progress):
         x_a = random_crops(x_a_all, training.batch_size, training.crop_px)
         x_b = random_crops(x_b_all, training.batch_size, training.crop_px)
         style_a = torch.randn(training.batch_size, config.style_dim)

@@ -24,6 +24,7 @@ from xrlib.io import load_png, save_png16
 from xrlib.data.pairs import PairDataset, from_model_range, read_pairs, resize_bicubic, to_model_range
 from xrlib.params import RestorerSettings, check_params, deep_merge, load_params
 from xrlib.paths import project_root
+from xrlib.progress import progress
 from xrlib import stages
 from xrlib.models.sampling import (diffusion_process, from_diffusion_space, indi_restore, make_scheduler, sample, sdedit,
                                    to_diffusion_space)
@@ -137,6 +138,7 @@ def restore_files(
     for image_id, image in loaded.items():
         by_size.setdefault(tuple(image.shape[-2:]), []).append(image_id)
     written: dict[str, Path] = {}
+    bar = progress(desc=f"restore -> {Path(output_dir).name}", total=len(loaded), unit="image")
     for ids in by_size.values():
         for start in range(0, len(ids), batch_size):
             chunk = ids[start:start + batch_size]
@@ -145,6 +147,8 @@ def restore_files(
             restored = restore(model, model_config, batch, sampler, steps, generators, strength=strength)
             for image_id, image in zip(chunk, restored.cpu().numpy()):
                 written[image_id] = save_png16(Path(output_dir) / f"{image_id}.png", image[0])
+            bar.update(len(chunk))
+    bar.close()
     return written
 
 

@@ -38,13 +38,13 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from xrlib.models import accel as gpu
 from xrlib.models.checkpoint import load_latest_checkpoint, load_weights, remove_staging, save_checkpoint
 from xrlib.errors import CheckpointError, ConfigError
 from xrlib.io import write_json_atomic, write_text_atomic
 from xrlib.params import parse, setting
+from xrlib.progress import progress
 
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
 
@@ -324,7 +324,7 @@ def train(
     history: list[tuple[int, float]] = []
     step = start_step
     interval_loss, interval_steps = torch.zeros((), device=device), 0
-    with tqdm(total=cfg.steps, initial=start_step, disable=rank != 0 or not cfg.progress, desc="train") as bar:
+    with progress(total=cfg.steps, initial=start_step, disable=rank != 0 or not cfg.progress, desc="train") as bar:
         for step, batch in enumerate(loader, start=start_step + 1):
             with autocast:
                 loss = loss_fn(network, _to_device(batch, device))
@@ -349,7 +349,7 @@ def train(
                     raise ConfigError(f"training diverged by step {step} (loss {loss_float}); lower train.learning_rate "
                                       f"(a new run; this run's checkpoints stay in {checkpoints})")
                 history.append((step, loss_float))
-                bar.set_postfix(loss=f"{loss_float:.4f}")
+                bar.set_postfix(loss=f"{loss_float:.4f}", refresh=False)
                 if live is not None:
                     live.step = step
                     live.log_metric("train/loss", loss_float)

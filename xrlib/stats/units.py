@@ -13,6 +13,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from xrlib.errors import ConfigError, DataError
+from xrlib.progress import progress
 
 
 def statistical_unit(table: pd.DataFrame) -> tuple[str, str]:
@@ -85,7 +86,8 @@ def summarise_metrics(
     """
     unit_column, split_unit = statistical_unit(table)
     rows = []
-    for keys, group in table.groupby(list(by), sort=True):
+    groups = table.groupby(list(by), sort=True)
+    for keys, group in progress(groups, "bootstrap", groups.ngroups, unit="group"):
         keys = keys if isinstance(keys, tuple) else (keys,)
         for metric in metrics:
             interval = unit_bootstrap_ci(group[metric], group[unit_column], n_resamples, confidence, seed)
