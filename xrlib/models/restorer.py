@@ -172,7 +172,7 @@ def steps_sweep(
     root = Path(root)
     device = next(model.parameters()).device
     rows = []
-    for pair in manifest.itertuples():
+    for pair in progress(manifest.itertuples(), "steps sweep", len(manifest), unit="pair"):
         lq_image = torch.from_numpy(load_png(root / pair.lq_path))[None, None]
         hq_image = torch.from_numpy(load_png(root / pair.hq_path))[None, None]
         upsampled = resize_bicubic(lq_image, tuple(hq_image.shape[-2:])).clamp(0, 1)
