@@ -217,8 +217,8 @@ def test_training_starts_from_released_weights_as_a_run_of_its_own(release, tmp_
     assert identity["settings"]["init_weights_sha256"] == manifest["models"]["bicubic_baseline"]["sha256"]
     munit = settings["lq_munit"]
     model = train_munit(smooth_images(2, 16, 2), smooth_images(2, 16, 3), MunitConfig(**munit.model),
-                        MunitTraining(**{**munit.train, "steps": 1, "learning_rate": 1e-12}, seed=munit.seed,
-                                      init_weights="released:munit_lq"), tmp_path / "munit")
+                        MunitTraining(**{**munit.train, "steps": 1, "learning_rate": 1e-12, "init_weights": "released:munit_lq"},
+                                      seed=munit.seed), tmp_path / "munit")
     released_munit = load_file(out / "munit_lq.safetensors")
     assert max(float((model.state_dict()[k] - released_munit[k]).abs().max()) for k in released_munit) < 1e-5
     with pytest.raises(CheckpointError, match="no released model 'nope'"):

@@ -24,7 +24,8 @@ from xrlib.params import check_params, deep_merge, load_params
 ROOT = Path(__file__).resolve().parents[1]
 TINY_UNET = {"block_out_channels": [8, 16], "layers_per_block": 1, "attention_levels": [False, False], "norm_num_groups": 4}
 TINY_TRAIN = {"steps": 4, "batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 1, "checkpoint_every": 2,
-              "log_every": 2, "sample_every": 0, "progress": False, "dvclive": False, "bf16": False, "device": "cpu"}
+              "log_every": 2, "sample_every": 0, "progress": False, "dvclive": False, "bf16": False, "device": "cpu",
+              "init_weights": None}
 
 
 TINY_OVERRIDES = {
@@ -37,7 +38,7 @@ TINY_OVERRIDES = {
                 "train": {**TINY_TRAIN, "steps": 3, "checkpoint_every": 3}},
     "lq_munit": {"model": {"base_channels": 4, "n_downsample": 1, "n_res_blocks": 1, "style_dim": 8, "mlp_dim": 8,
                            "disc_channels": 4, "disc_layers": 2, "disc_scales": 2},
-                 "train": {"steps": 3, "batch_size": 1, "crop_px": 16, "checkpoint_every": 3, "log_every": 3}},
+                 "train": {"steps": 3, "batch_size": 1, "crop_px": 16, "checkpoint_every": 3, "log_every": 3, "init_weights": None}},
 }
 """The tiny profile: the smoke params with tiny models, pairs 16 -> 32 px (scale 2), DRRs of 64 px restored from 32 px."""
 
