@@ -112,3 +112,19 @@ for i, drr_id in enumerate(shown):
         for row in nodule.itertuples():
             axes[2 * i + 1, j].set_xlim(ratio * (row.centre_col_px + np.array([-1, 1]) * cfg.zoom_px))
             axes[2 * i + 1, j].set_ylim(ratio * (row.centre_row_px + np.array([1, -1]) * cfg.zoom_px))
+
+# %% [markdown]
+# ## Your own DRRs: `xrlib restore`
+#
+# The same restoration for any DRR, as one call: PNG (8- or 16-bit, any size), `.npy` line integrals
+# or DICOM in, a 16-bit PNG and a JSON record (weights SHA-256, steps, seeds, sizes) out. On the
+# command line, with the released weights (`models/`): `xrlib restore my_drr.png --out restored/`.
+# Here with this run's own restorer, on the first DRR, so the cell needs nothing but the pipeline.
+
+# %%
+from xrlib.restore import restore_paths
+
+name, first = cfg.configs[0], next(iter(drr_paths))
+record = restore_paths([drr_paths[first]], path("05_restore.folder") / "cli_example", weights=str(path("04_restorer.weights", config=name)),
+                       steps=steps_by_config[name], sampler=cfg.sampler, input_px=cfg.input_px, progress=False)[0]
+{key: record[key] for key in ("output", "weights_sha256", "steps", "seed") if key in record}
