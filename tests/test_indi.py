@@ -100,6 +100,28 @@ def test_the_loss_vanishes_for_the_exact_denoiser_only_and_training_batches_use_
         diffusion_loss_fn(schedule)(wrong, {"image": hq, "seed": seeds})
 
 
+def test_a_conditioned_bridge_without_noise_leaks_its_target_and_is_refused():
+    """With the condition y at hand, x_t = (1 - t) x + t y gives x = (x_t - t y) / (1 - t): a 'network' that only
+    divides scores a zero loss at every t < 1 without restoring anything. The bridge's noise stops that."""
+    hq, condition = hq_and_condition()
+    noisy_schedule = {**INDI, "indi_noise": 2.0}
+    clean = to_diffusion_space(hq, condition, noisy_schedule)
+    degraded = to_diffusion_space(condition, condition, noisy_schedule)  # zero: the residual's degraded end
+    seeds = torch.arange(64)
+    dividing = BridgeDenoiser(lambda x_t, t, c: x_t / (1 - t).clamp_min(1e-3))
+    clean_batch, degraded_batch = clean.repeat(32, 1, 1, 1), degraded.repeat(32, 1, 1, 1)
+    with pytest.raises(ConfigError, match="indi_noise > 0"):
+        indi_loss(dividing, {**INDI, "indi_noise": 0.0}, clean_batch, degraded_batch, seeds, condition.repeat(32, 1, 1, 1))
+    leaked = indi_loss(dividing, {**INDI, "indi_noise": 0.0}, clean_batch, degraded_batch, seeds)  # no condition: allowed
+    assert leaked < 1e-6 * clean.pow(2).mean()
+    assert indi_loss(dividing, noisy_schedule, clean_batch, degraded_batch, seeds, condition.repeat(32, 1, 1, 1)) > clean.pow(2).mean()
+    params = load_params()
+    params["restorer"]["configs"]["diffusionxray_munit"]["schedule"] = {"process": "indi", "prediction_type": "sample",
+                                                                        "indi_noise": 0.0}
+    with pytest.raises(ConfigError, match="diffusionxray_munit.*indi_noise > 0"):
+        check_params(params)
+
+
 def test_indi_needs_x0_prediction_and_a_known_process():
     with pytest.raises(ConfigError, match="prediction_type"):
         diffusion_process({**INDI, "prediction_type": "epsilon"})

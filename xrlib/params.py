@@ -241,6 +241,15 @@ class UnetSchema:
     sample_px: int = setting(64, low=8)
 
 
+LEAKING_BRIDGE = (
+    "schedule.process 'indi' with a condition needs schedule.indi_noise > 0: without noise the bridge state "
+    "x_t = (1 - t) x + t y and the condition y give x = (x_t - t y) / (1 - t) for every t < 1, so the network "
+    "learns that division, not restoration (ResShift, Yue et al. 2023, adds the same noise); try indi_noise "
+    "about the residual's standard deviation in diffusion-space units"
+)
+"""Why a conditioned InDI bridge must carry noise (refused by :func:`xrlib.models.sampling.indi_loss` and the settings check)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ScheduleSchema:
     """Keys of a ``schedule`` block (:func:`xrlib.models.sampling.make_scheduler`)."""
@@ -256,7 +265,8 @@ class ScheduleSchema:
     process: Literal["diffusion", "indi"] = "diffusion"
     """diffusion: a DDPM from noise; indi: a bridge from the input (InDI, Delbracio and Milanfar 2023; predicts x0)."""
     indi_noise: float = setting(0.0, low=0.0)
-    """InDI: noise standard deviation at t = 1, in diffusion-space units (0: a deterministic bridge)."""
+    """InDI: noise standard deviation at t = 1, in diffusion-space units (0: a deterministic bridge, which a
+    conditioned restorer may not use: :data:`LEAKING_BRIDGE`)."""
 
 
 SAMPLERS = Literal["ddpm", "ddim", "dpm_solver"]
@@ -525,6 +535,8 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
         if schedule.get("process") == "indi" and schedule.get("prediction_type") != "sample":
             raise ConfigError(f"restorer configuration '{name}': schedule.process 'indi' predicts the clean image; "
                               "set schedule.prediction_type to 'sample'")
+        if schedule.get("process") == "indi" and float(schedule.get("indi_noise", 0.0)) <= 0:
+            raise ConfigError(f"restorer configuration '{name}': {LEAKING_BRIDGE}")
     crop_px = restorer.base.get("crop_px")
     if crop_px is not None and crop_px > pairs.hq_px:
         raise ConfigError(f"restorer.base.crop_px = {crop_px} exceeds pairs.hq_px = {pairs.hq_px}")

@@ -25,6 +25,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from xrlib.errors import ConfigError
+from xrlib.params import LEAKING_BRIDGE
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver")
 BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
@@ -161,12 +162,16 @@ def indi_loss(
     """InDI's training loss (Delbracio and Milanfar 2023, eq. 5): || F(x_t, t) - x || at t ~ U(0, 1].
 
     x_t = (1 - t) ``clean`` + t ``degraded`` + t ``indi_noise`` n, both in the model's diffusion space
-    (:func:`to_diffusion_space`; for a residual target the degraded residual is zero). Each sample's
+    (:func:`to_diffusion_space`; for a residual target the degraded residual is zero). With a
+    ``condition`` (the degraded image given to the network) the noise must be positive
+    (:data:`LEAKING_BRIDGE`). Each sample's
     t and noise come from its own generator seeded with ``seeds[i]``, as in :func:`diffusion_loss`.
     """
     loss = schedule_config.get("loss", "l2")
     if loss not in LOSSES:
         raise ConfigError(f"schedule.loss '{loss}' unknown; use one of {LOSSES}")
+    if condition is not None and float(schedule_config.get("indi_noise", 0.0)) <= 0:
+        raise ConfigError(LEAKING_BRIDGE)
     generators = _per_sample_generators(seeds, clean.device)
     times = torch.cat([1.0 - torch.rand((1,), generator=g, device=clean.device) for g in generators])  # (0, 1]
     noise = randn_tensor(clean.shape, generator=generators, device=clean.device, dtype=clean.dtype)
