@@ -65,7 +65,8 @@ ax.set_xlabel("step"); ax.set_yscale("log"); ax.legend(fontsize=7); fig.savefig(
 unet, _ = load_model(path("02_lq_ddpm.weights"))
 scheduler = make_scheduler(ddpm_cfg.sampler, ddpm_cfg.schedule)
 ddpm_choice = json.loads(path("02_lq_ddpm.setting").read_text())
-generators = pair_generators(unet, scheduler, ddpm_cfg, ddpm_choice, model, {"steps": training.steps, **cfg.model})
+generators = pair_generators(unet, scheduler, ddpm_cfg, ddpm_choice, model, {"steps": training.steps, **cfg.model},
+                             cfg.low_frequency_anchor_factor)
 manifest = build_pairs(hq_table, generators, root, path("03_lq_munit.pairs_folder"), pairs_cfg.hq_px, pairs_cfg.lq_px, pairs_cfg.seed,
                        pairs_cfg.tiles_per_side, pairs_cfg.split_fractions)
 print("held-out unit:", *manifest.split_unit.unique())

@@ -342,7 +342,7 @@ def test_munit_on_real_xrays_moves_toward_the_drr_like_domain_and_keeps_anatomy(
 
 def test_the_three_generators_make_pairs_and_their_checks(tmp_path):
     from xrlib.lq.checks import manifest_translation_checks
-    from xrlib.lq.twins import DisplayImageDataset, pair_generators
+    from xrlib.lq.twins import DisplayImageDataset, anchor_low_frequencies, pair_generators
     from xrlib.models.munit import Munit, MunitConfig, translate_hq_to_lq
 
     torch.manual_seed(0)
@@ -352,7 +352,7 @@ def test_the_three_generators_make_pairs_and_their_checks(tmp_path):
     munit = Munit(MunitConfig(base_channels=4, n_downsample=1, n_res_blocks=1, mlp_dim=8, disc_channels=4, disc_layers=2, disc_scales=1)).eval()
     generators = pair_generators(unet, DDIMScheduler(num_train_timesteps=100),
                                  replace(LQ_DDPM, num_inference_steps=5, sampler="ddim"),
-                                 {"strength": 0.3, "ilvr_factor": 2}, munit, {"steps": 0})
+                                 {"strength": 0.3, "ilvr_factor": 2}, munit, {"steps": 0}, munit_anchor_factor=4)
     images = textured_images(2, 32, seed=8)
     table = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p1", "p2"], "split": ["val", "test"], "path": ["a.png", "b.png"]})
     for image_id, image in zip("ab", images):
@@ -362,10 +362,45 @@ def test_the_three_generators_make_pairs_and_their_checks(tmp_path):
     assert json.loads(manifest.set_index("pair_id").loc["ddpm-b", "generator_params"])["strength"] == 0.3
     munit_b = torch.from_numpy(load_png(tmp_path / manifest.set_index("pair_id").loc["munit-b", "lq_path"]))
     hq_b_small = resize_bicubic(torch.from_numpy(load_png(tmp_path / "pairs" / "hq" / "b.png"))[None, None], (16, 16))
-    assert torch.allclose(munit_b, translate_hq_to_lq(munit, hq_b_small, seed=11)[0, 0], atol=2e-5)  # seed + row index
+    anchored = anchor_low_frequencies(translate_hq_to_lq(munit, hq_b_small, seed=11), hq_b_small, 4)  # seed + row index
+    assert torch.allclose(munit_b, anchored[0, 0], atol=2e-5)
+    assert json.loads(manifest.set_index("pair_id").loc["munit-b", "generator_params"])["low_frequency_anchor_factor"] == 4
     checks = manifest_translation_checks(manifest, tmp_path, drr_like(images), hq_px=32, low_pass_sigma_px=2.0)
     assert list(checks.generator) == ["bicubic", "ddpm", "munit"] and set(checks.n_images) == {2}
     assert checks.set_index("generator").loc["bicubic", "low_pass_ssim"] > 0.9
     assert len(manifest_translation_checks(manifest, tmp_path, drr_like(images), 32, 2.0, split="val")) == 3
     dataset = DisplayImageDataset(images)
     assert len(dataset) == 2 and dataset[(1, 5)]["seed"] == 5 and torch.equal(dataset[1]["image"], images[1] * 2 - 1)
+
+
+def test_anchoring_takes_the_references_brightness_and_contrast_and_keeps_the_twins_detail():
+    from xrlib.lq.twins import anchor_low_frequencies
+    from xrlib.models.sampling import low_pass
+
+    reference = textured_images(3, 32, seed=4)
+    detail = 0.05 * torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(16, 16)[None, None]  # area-pools to zero
+    smooth = gaussian_blur(reference, 3.0)
+    twin = 0.1 + 0.5 * smooth + detail  # another brightness and contrast, plus a detail layer
+    anchored = anchor_low_frequencies(twin, reference, 8)
+    before = (low_pass(twin, 8) - low_pass(reference, 8)).abs().mean()
+    after = (low_pass(anchored, 8) - low_pass(reference, 8)).abs().mean()  # phi_N is not idempotent: near, not equal
+    assert after < 0.1 * before
+    def detail_amplitude(images):  # projection on the pixel-scale checkerboard
+        return (images * detail).sum((2, 3)) / detail.pow(2).sum()
+    torch.testing.assert_close(detail_amplitude(anchored), detail_amplitude(twin), atol=0.01, rtol=0)  # detail kept
+    assert detail_amplitude(twin).min() > 0.9
+    assert (anchored.mean((2, 3)) - reference.mean((2, 3))).abs().max() < 0.01 < (twin.mean((2, 3)) - reference.mean((2, 3))).abs().min()
+    assert anchor_low_frequencies(twin, reference, None) is twin
+    with pytest.raises(ConfigError, match="divide"):
+        anchor_low_frequencies(twin[..., :30, :30], reference[..., :30, :30], 8)
+    with pytest.raises(DataError, match="one shape"):
+        anchor_low_frequencies(twin, reference[..., :16, :16], 8)
+
+
+def test_the_anchor_factor_must_divide_the_twin_size():
+    from xrlib.params import check_params
+
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    params["lq_munit"]["low_frequency_anchor_factor"] = 3
+    with pytest.raises(ConfigError, match="low_frequency_anchor_factor = 3 must divide pairs.lq_px"):
+        check_params(params)

@@ -346,6 +346,8 @@ class LqMunitSettings:
     model: dict[str, Any] = setting(schema="xrlib.models.munit.MunitConfig")
     train: dict[str, Any] = setting(schema="xrlib.models.munit.MunitTraining")
     style_interpolation_steps: int = setting(low=2)
+    low_frequency_anchor_factor: Optional[int] = setting(None, low=2)
+    """MUNIT-LQ twins keep their HQ image's low-pass phi_N (:func:`xrlib.lq.twins.anchor_low_frequencies`); null: off."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -527,6 +529,10 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"pairs.hq_px = {pairs.hq_px} must be an integer multiple (2 or more) of pairs.lq_px = "
                           f"{pairs.lq_px}: their ratio is the restorer's scale")
     check_drr_grid(restore, pairs, drr)
+    anchor = settings["lq_munit"].low_frequency_anchor_factor
+    if anchor is not None and pairs.lq_px % anchor:
+        raise ConfigError(f"lq_munit.low_frequency_anchor_factor = {anchor} must divide pairs.lq_px = {pairs.lq_px} "
+                          "(the twins' size)")
     if settings["lq_ddpm"].image_px != pairs.lq_px:
         raise ConfigError(f"lq_ddpm.image_px = {settings['lq_ddpm'].image_px} must equal pairs.lq_px = "
                           f"{pairs.lq_px}: DDPM-LQ twins are made at the restorer's input size")

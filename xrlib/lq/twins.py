@@ -6,7 +6,9 @@
   steps re-run (about t0 / T for evenly spaced timesteps). Optional ILVR guidance (Choi et al.
   2021, :func:`xrlib.models.sampling.ilvr_guidance`) replaces the low-pass of every intermediate sample
   by that of the HQ image noised to the same step, so the anatomy stays while the texture becomes DRR-like.
-- **MUNIT-LQ**: :func:`xrlib.models.munit.translate_hq_to_lq` (HQ content code, LQ style code).
+- **MUNIT-LQ**: :func:`xrlib.models.munit.translate_hq_to_lq` (HQ content code, LQ style code), optionally
+  with its low-pass phi_N replaced by the HQ image's (:func:`anchor_low_frequencies`, ILVR's filter applied
+  once): a sampled style code otherwise sets each twin's brightness and contrast at random.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 import torch
 
 from xrlib.data.pairs import from_model_range, to_model_range
-from xrlib.models.sampling import ilvr_guidance, sdedit
+from xrlib.errors import ConfigError, DataError
+from xrlib.models.sampling import ilvr_guidance, low_pass, sdedit
 from xrlib.params import LqDdpmSettings
 
 
@@ -45,6 +48,23 @@ def ddpm_translate(unet: torch.nn.Module, scheduler: Any, hq_display: torch.Tens
     return from_model_range(twin).to(hq_display.device)
 
 
+def anchor_low_frequencies(twin: torch.Tensor, reference: torch.Tensor, factor: int | None) -> torch.Tensor:
+    """``twin`` with its low-pass phi_N replaced by ``reference``'s: twin - phi_N(twin) + phi_N(reference), in [0, 1].
+
+    phi_N is ILVR's filter (Choi et al. 2021, :func:`xrlib.models.sampling.low_pass`: area down by
+    ``factor``, bicubic up), here applied once to a finished translation: the twin keeps its own
+    detail and texture above the filter and the reference's brightness, contrast and anatomy below
+    it. ``factor`` None returns ``twin`` unchanged. Display images (B, 1, n, n), n a multiple of ``factor``.
+    """
+    if factor is None:
+        return twin
+    if twin.shape != reference.shape:
+        raise DataError(f"anchor_low_frequencies needs images of one shape, got {tuple(twin.shape)} and {tuple(reference.shape)}")
+    if twin.shape[-1] % factor or twin.shape[-2] % factor:
+        raise ConfigError(f"low-frequency anchor factor {factor} must divide the twin size {tuple(twin.shape[-2:])}")
+    return (twin - low_pass(twin, factor) + low_pass(reference.to(twin), factor)).clamp(0.0, 1.0)
+
+
 def pair_generators(
     ddpm_unet: torch.nn.Module,
     ddpm_scheduler: Any,
@@ -52,12 +72,14 @@ def pair_generators(
     ddpm_choice: Mapping[str, Any],
     munit_model: torch.nn.Module,
     munit_params: Mapping[str, Any],
+    munit_anchor_factor: int | None = None,
 ) -> dict[str, tuple[Translate, dict[str, Any]]]:
     """The three generators for :func:`build_pairs`: bicubic, DDPM-LQ (SDEdit + ILVR) and MUNIT-LQ (sampled style).
 
     DDPM-LQ is :func:`ddpm_translate` with the image's seed, the ``lq_ddpm`` settings' steps and the
-    strength and ILVR factor of ``ddpm_choice`` (02_lq_ddpm's choice by the twin checks); each
-    generator's settings go to the pair manifest.
+    strength and ILVR factor of ``ddpm_choice`` (02_lq_ddpm's choice by the twin checks); MUNIT-LQ is
+    anchored to its HQ image's low-pass phi_N when ``munit_anchor_factor`` is set
+    (:func:`anchor_low_frequencies`); each generator's settings go to the pair manifest.
     """
     from xrlib.models.munit import translate_hq_to_lq
 
@@ -68,12 +90,13 @@ def pair_generators(
         return ddpm_translate(ddpm_unet, ddpm_scheduler, hq_small, seed=seed, **ddpm)
 
     def munit_twin(hq_small: torch.Tensor, seed: int) -> torch.Tensor:
-        return translate_hq_to_lq(munit_model, hq_small, seed=seed)
+        return anchor_low_frequencies(translate_hq_to_lq(munit_model, hq_small, seed=seed), hq_small, munit_anchor_factor)
 
     return {
         "bicubic": (bicubic_twin, {"method": "bicubic, antialiased"}),
         "ddpm": (ddpm_twin, {**ddpm, "sampler": ddpm_settings.sampler}),
-        "munit": (munit_twin, {"style": "sampled N(0, I)", **dict(munit_params)}),
+        "munit": (munit_twin, {"style": "sampled N(0, I)", "low_frequency_anchor_factor": munit_anchor_factor,
+                               **dict(munit_params)}),
     }
 
 
