@@ -72,6 +72,12 @@ def test_bicubic_pairs_manifest_and_aligned_unflipped_crops(tmp_path):
     assert shifted > 5 * error
     with pytest.raises(ConfigError, match="crop_px"):
         PairDataset(train, tmp_path, crop_px=65)[(0, 1)]
+    # the content hash (a restorer run's data identity) follows the files, not the manifest's size
+    before = PairDataset(train, tmp_path).content_sha256()
+    assert PairDataset(train, tmp_path, crop_px=24).content_sha256() == before
+    lq_file = tmp_path / train.iloc[0]["lq_path"]
+    save_png16(lq_file, np.clip(load_png(lq_file) * 0.9, 0, 1))  # another twin of the same HQ image
+    assert PairDataset(train, tmp_path).content_sha256() != before
 
 
 def test_flip_is_opt_in_and_missing_data_is_named(tmp_path):

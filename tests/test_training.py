@@ -215,6 +215,30 @@ def test_other_settings_start_a_new_run_and_keep_the_earlier_one(tmp_path):
     assert [step for step, _ in back["history"]] == [6, 7]
 
 
+class HashedBlurredPairs(BlurredPairs):
+    """BlurredPairs that give their content's SHA-256, as the project's datasets do."""
+
+    def content_sha256(self):
+        return training.tensors_sha256(self.images, self.conditions)
+
+
+def test_other_data_of_the_same_size_start_a_new_run(tmp_path):
+    config = {"steps": 5, "batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 3, "checkpoint_every": 5,
+              "log_every": 1, "ema_decay": 0.9, "seed": 7, "progress": False, "dvclive": False}
+    data = HashedBlurredPairs()
+    train(tiny_denoiser(), denoising_loss, data, config, tmp_path, MODEL_CONFIG)
+    earlier = only_run(tmp_path)
+    assert json.loads((earlier / "identity.json").read_text())["data"] == {"n_items": 12, "sha256": data.content_sha256()}
+    again = train(tiny_denoiser(), denoising_loss, HashedBlurredPairs(), config, tmp_path, MODEL_CONFIG)
+    assert again["history"] == [] and only_run(tmp_path) == earlier  # the same data: the finished run is found
+    other = HashedBlurredPairs()
+    other.conditions = other.conditions.flip(-1)  # other twins of the same HQ images, as after a generator change
+    with pytest.warns(UserWarning, match="earlier runs"):
+        retrained = train(tiny_denoiser(), denoising_loss, other, config, tmp_path, MODEL_CONFIG)
+    assert [step for step, _ in retrained["history"]] == [1, 2, 3, 4, 5]
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 2
+
+
 def test_more_steps_continue_the_run_and_fewer_are_refused(tmp_path):
     run_tiny_training(tmp_path, steps=5)
     extended = run_tiny_training(tmp_path, steps=10)

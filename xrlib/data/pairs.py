@@ -13,6 +13,7 @@ the run's seed and the step, not on workers, ranks or restarts.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from xrlib.errors import ConfigError, DataError
-from xrlib.io import load_png
+from xrlib.io import load_png, sha256_file
 
 PAIR_COLUMNS = ("pair_id", "unit_id", "split_unit", "patient_id", "split", "generator", "generator_params",
                 "lq_path", "hq_path")
@@ -95,6 +96,15 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+    def content_sha256(self) -> str:
+        """SHA-256 over the SHA-256 of every file the pairs read, in order (a run's data identity)."""
+        columns = ["hq_path", "lq_path"] + (["mask_path"] if self.mask_channel else [])
+        digest = hashlib.sha256()
+        for row in self.manifest[columns].itertuples(index=False):
+            for relative in row:
+                digest.update(sha256_file(self.root / relative).encode())
+        return digest.hexdigest()
 
     def _pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cache is not None and index in self.cache:

@@ -21,6 +21,7 @@ import torch
 from xrlib.data.pairs import from_model_range, to_model_range
 from xrlib.errors import ConfigError, DataError
 from xrlib.models.sampling import ilvr_guidance, low_pass, sdedit
+from xrlib.models.training import tensors_sha256
 from xrlib.params import LqDdpmSettings
 
 
@@ -108,6 +109,10 @@ class DisplayImageDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def content_sha256(self) -> str:
+        """SHA-256 of the images (a run's data identity: other DRRs of the same count start a new run)."""
+        return tensors_sha256(self.images)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = (key, 0) if isinstance(key, (int, np.integer)) else key

@@ -6,8 +6,8 @@ clipping, an EMA copy of the weights, bf16 autocast on CUDA, a tqdm bar and dvcl
 checkpoint (model, EMA, optimizer, LR schedule, RNG states, step; see :mod:`xrlib.models.checkpoint`);
 a new run finding one resumes there and continues as if it had never stopped.
 
-A run is identified by what shapes its result (architecture, data size, the training settings
-except ``steps``); its checkpoints live under ``checkpoints/<identity hash>/``. Changing a setting
+A run is identified by what shapes its result (architecture, the data's size and content where the
+dataset gives its SHA-256, the training settings except ``steps``); its checkpoints live under ``checkpoints/<identity hash>/``. Changing a setting
 starts a new run beside the earlier ones, which are kept, never deleted; raising ``steps``
 continues the same run (the cosine decay is then stretched over the new total from the step
 reached, so the result differs from a run planned that long from the start).
@@ -221,6 +221,23 @@ def _images_for_log(images: torch.Tensor) -> np.ndarray:
 RUN_IDENTITY = "identity.json"
 
 
+def tensors_sha256(*tensors: torch.Tensor) -> str:
+    """SHA-256 of tensors' values (float32, C order) and shapes: a training set held in memory, for a run's identity."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        array = tensor.detach().cpu().to(torch.float32).contiguous().numpy()
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def data_identity(dataset: torch.utils.data.Dataset) -> dict[str, Any]:
+    """What a run's identity records of its data: the item count and, where the dataset can give it
+    (``content_sha256()``), the SHA-256 of its content, so other data of the same size start a new run."""
+    content = getattr(dataset, "content_sha256", None)
+    return {"n_items": len(dataset), **({"sha256": content()} if callable(content) else {})}
+
+
 def run_checkpoints(checkpoints_root: str | os.PathLike, identity: Mapping[str, Any], record: bool = True) -> Path:
     """The checkpoint folder of one run identity, ``checkpoints_root/<key>``; other runs are kept.
 
@@ -276,7 +293,8 @@ def train(
     device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     run_dir = Path(run_dir)
     fingerprint = cfg.fingerprint(len(dataset))
-    checkpoints = run_checkpoints(run_dir / "checkpoints", {"model": model_config, "settings": fingerprint}, rank == 0)
+    checkpoints = run_checkpoints(run_dir / "checkpoints", {"model": model_config, "settings": fingerprint,
+                                                            "data": data_identity(dataset)}, rank == 0)
     if rank == 0:
         remove_staging(checkpoints)
     live_dir = run_dir / "dvclive"
