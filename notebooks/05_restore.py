@@ -53,8 +53,9 @@ len(drr_paths), len(nodules)
 # restored image: one step is its estimate of the mean HQ image given the input (the highest PSNR),
 # more steps add detail and cost fidelity (Blau and Michaeli, CVPR 2018). Each InDI restorer is run
 # with every count in `restore.indi_steps_sweep` on the validation pairs of its own generator, and
-# keeps the largest whose restorations still beat their LQ inputs in mean PSNR and SSIM
-# (`outputs/05_restore/steps_sweep.csv`, `chosen_steps.json`). Diffusion restorers use `steps`.
+# keeps, of the counts whose restorations beat their LQ inputs in mean PSNR, the one with the highest
+# mean SSIM, which penalises sampled texture that does not match (`outputs/05_restore/steps_sweep.csv`,
+# `chosen_steps.json`). Diffusion restorers use `steps`.
 
 # %%
 steps_by_config, sweeps = {}, []

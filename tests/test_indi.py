@@ -142,10 +142,12 @@ def sweep_table(gains_by_steps):
     return pd.DataFrame(rows)
 
 
-def test_the_largest_step_count_that_beats_the_input_is_chosen():
-    chosen = choose_restore_steps(sweep_table({1: (1.0, 0.02), 2: (0.5, 0.01), 4: (0.2, -0.01), 8: (-0.5, -0.03)}))
-    assert chosen["steps"] == 2 and chosen["chosen"] == "largest beating input"
-    assert chosen["psnr_gain_db"] == pytest.approx(0.5)
+def test_the_step_count_with_the_best_ssim_among_those_beating_the_input_in_psnr_is_chosen():
+    chosen = choose_restore_steps(sweep_table({1: (1.0, 0.02), 2: (0.5, 0.03), 4: (0.2, 0.04), 8: (-0.5, 0.05)}))
+    assert chosen["steps"] == 4 and chosen["chosen"] == "highest SSIM beating the input in PSNR"  # 8 loses in PSNR
+    assert chosen["psnr_gain_db"] == pytest.approx(0.2) and chosen["ssim_gain"] == pytest.approx(0.04)
+    tie = choose_restore_steps(sweep_table({1: (1.0, 0.02), 2: (0.5, 0.02), 4: (0.2, 0.01)}))
+    assert tie["steps"] == 1  # equal SSIM: fewer steps
     fallback = choose_restore_steps(sweep_table({1: (-0.2, 0.01), 4: (-0.1, -0.01)}))
     assert fallback["steps"] == 4 and "none beats" in fallback["chosen"]
     with pytest.raises(DataError, match="input_ssim"):

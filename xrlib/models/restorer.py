@@ -191,12 +191,15 @@ def steps_sweep(
 
 
 def choose_restore_steps(sweep: pd.DataFrame) -> pd.Series:
-    """The most detailed setting that still beats its input: the largest step count whose restorations score
-    higher than their LQ inputs in mean PSNR and in mean SSIM (over :func:`steps_sweep`'s pairs).
+    """The step count whose restorations have the highest mean SSIM among those beating their LQ inputs in mean
+    PSNR (over :func:`steps_sweep`'s pairs); ties go to fewer steps.
 
-    More InDI steps add detail and cost fidelity (Blau and Michaeli 2018), so this keeps as much
-    detail as the paper's own measure allows. If no step count beats the input, the one with the
-    highest mean PSNR gain. Returns the chosen row of the per-steps means (``chosen`` says which rule).
+    More steps of a noisy bridge sample more detail (Blau and Michaeli 2018: it costs fidelity).
+    SSIM rewards added detail only where it matches the HQ structure and penalises sampled texture
+    that does not; on DRRs such texture shows as speckle and fading nodules (the smoke profile at 8
+    steps, chosen by a "largest still beating the input" rule: speckled background, 5 of 11 nodules
+    kept). If no step count beats the input in PSNR, the one with the highest mean PSNR gain.
+    Returns the chosen row of the per-steps means (``chosen`` says which rule).
     """
     needed = {"steps", "psnr_db", "ssim", "input_psnr_db", "input_ssim"}
     if missing := needed - set(sweep.columns):
@@ -204,9 +207,10 @@ def choose_restore_steps(sweep: pd.DataFrame) -> pd.Series:
     means = sweep.groupby("steps")[["psnr_db", "ssim", "input_psnr_db", "input_ssim"]].mean()
     means["psnr_gain_db"] = means.psnr_db - means.input_psnr_db
     means["ssim_gain"] = means.ssim - means.input_ssim
-    beating = means[(means.psnr_gain_db > 0) & (means.ssim_gain > 0)]
+    beating = means[means.psnr_gain_db > 0]
     if len(beating):
-        return pd.concat([beating.iloc[-1], pd.Series({"steps": beating.index[-1], "chosen": "largest beating input"})])
+        best = beating.ssim.idxmax()
+        return pd.concat([means.loc[best], pd.Series({"steps": best, "chosen": "highest SSIM beating the input in PSNR"})])
     best = means.psnr_gain_db.idxmax()
     return pd.concat([means.loc[best], pd.Series({"steps": best, "chosen": "highest PSNR gain (none beats input)"})])
 
