@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 
 from xrlib.models.checkpoint import latest_checkpoint, list_checkpoints
 from xrlib.errors import ConfigError
+from xrlib.io import arrays_sha256
 from xrlib.params import parse
 from xrlib.models import training
 from xrlib.models.training import (
@@ -219,7 +220,7 @@ class HashedBlurredPairs(BlurredPairs):
     """BlurredPairs that give their content's SHA-256, as the project's datasets do."""
 
     def content_sha256(self):
-        return training.tensors_sha256(self.images, self.conditions)
+        return arrays_sha256(self.images, self.conditions)
 
 
 def test_other_data_of_the_same_size_start_a_new_run(tmp_path):

@@ -29,6 +29,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def arrays_sha256(*arrays: Any) -> str:
+    """SHA-256 of arrays' values (float32, C order) and shapes, e.g. a training set held in memory (CPU tensors too)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        values = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+        digest.update(repr(values.shape).encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
 def umask_mode(directory: bool = False) -> int:
     """The mode a new file (0o666) or folder (0o777) gets under the process's umask."""
     umask = os.umask(0o022)

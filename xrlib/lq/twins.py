@@ -20,8 +20,8 @@ import torch
 
 from xrlib.data.pairs import from_model_range, to_model_range
 from xrlib.errors import ConfigError, DataError
+from xrlib.io import arrays_sha256
 from xrlib.models.sampling import ilvr_guidance, low_pass, sdedit
-from xrlib.models.training import tensors_sha256
 from xrlib.params import LqDdpmSettings
 
 
@@ -112,7 +112,7 @@ class DisplayImageDataset(torch.utils.data.Dataset):
 
     def content_sha256(self) -> str:
         """SHA-256 of the images (a run's data identity: other DRRs of the same count start a new run)."""
-        return tensors_sha256(self.images)
+        return arrays_sha256(self.images)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = (key, 0) if isinstance(key, (int, np.integer)) else key

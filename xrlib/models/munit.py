@@ -36,8 +36,9 @@ from torch import nn
 
 from xrlib.models.checkpoint import load_checkpoint, load_latest_checkpoint, load_weights, save_checkpoint
 from xrlib.models.sampling import low_pass
-from xrlib.models.training import check_steps_reached, drop_logged_after, run_checkpoints, tensors_sha256, training_time_extra
+from xrlib.models.training import check_steps_reached, drop_logged_after, run_checkpoints, training_time_extra
 from xrlib.errors import ConfigError
+from xrlib.io import arrays_sha256
 from xrlib.progress import progress as progress_bar
 
 
@@ -389,7 +390,7 @@ def train_munit(
     optimizers, schedulers = _optimizers(model, training)
     start, earlier_extra, started = 0, None, time.monotonic()
     identity = {"model": config.to_dict(), "settings": training.identity_settings(), "images": [len(hq_display), len(lq_display)],
-                "images_sha256": tensors_sha256(hq_display, lq_display)}
+                "images_sha256": arrays_sha256(hq_display, lq_display)}
     checkpoint_dir = run_checkpoints(checkpoint_dir, identity)
     resumed = load_latest_checkpoint(checkpoint_dir, _modules(model), optimizers, schedulers, config.to_dict())
     if resumed is None and training.init_weights:

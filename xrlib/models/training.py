@@ -221,16 +221,6 @@ def _images_for_log(images: torch.Tensor) -> np.ndarray:
 RUN_IDENTITY = "identity.json"
 
 
-def tensors_sha256(*tensors: torch.Tensor) -> str:
-    """SHA-256 of tensors' values (float32, C order) and shapes: a training set held in memory, for a run's identity."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        array = tensor.detach().cpu().to(torch.float32).contiguous().numpy()
-        digest.update(repr(array.shape).encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def data_identity(dataset: torch.utils.data.Dataset) -> dict[str, Any]:
     """What a run's identity records of its data: the item count and, where the dataset can give it
     (``content_sha256()``), the SHA-256 of its content, so other data of the same size start a new run."""
