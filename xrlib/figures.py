@@ -348,7 +348,9 @@ def forest_plot(
 
     ``published`` names a column of published values, drawn as open diamonds beside ours.
     """
-    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN["single"], 0.3 * len(rows) + 0.8))
+    longest_label = max(len(str(text)) for text in rows[label])  # long labels would squeeze the axis to a sliver
+    width = min(FIGURE_WIDTH_IN["double"], max(FIGURE_WIDTH_IN["single"], 0.065 * longest_label + 2.0))
+    fig, ax = plt.subplots(figsize=(width, 0.3 * len(rows) + 0.8))
     positions = np.arange(len(rows))[::-1]
     for y, (_, row) in zip(positions, rows.iterrows()):
         colour = series_colour(str(row[colour_by])) if colour_by else OKABE_ITO[0]
@@ -356,6 +358,7 @@ def forest_plot(
         if published and pd.notna(row[published]):
             ax.plot(row[published], y, marker="D", mfc="none", color=series_colour("published"), ms=5, linestyle="none")
     ax.set_yticks(positions, list(rows[label]))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(nbins=5))
     ax.set_xlabel(xlabel)
     if published:
         ax.plot([], [], marker="D", mfc="none", color=series_colour("published"), linestyle="none", label="published")
