@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
+from xrlib.models.accel import for_sampling
 from xrlib.models.sampling import make_scheduler
 from xrlib.models.unet import load_model, train_diffusion
 from xrlib.data.pairs import resize_bicubic
@@ -49,7 +50,7 @@ if result["history"]:
 # A small strength keeps the HQ image; a large one forgets it unless ILVR keeps its low frequencies. For every setting, on validation patients (all HQ images when there is no validation patient, as with the one embedded X-ray): how far the twins moved toward the DRRs (`spectrum_distance_ratio`: the twins' spectrum distance to DRRs over the HQ images'; `*_fraction`: 0 = HQ, 1 = DRR) and the SSIM of low-passed twin and HQ (anatomy kept). The chosen row is written to `chosen_setting.json`.
 
 # %%
-unet, _ = load_model(path("02_lq_ddpm.weights"))
+unet = for_sampling(load_model(path("02_lq_ddpm.weights"))[0], cfg.accel)  # lq_ddpm.accel: how twins are sampled
 scheduler = make_scheduler(cfg.sampler, cfg.schedule)
 hq_table = read_hq_manifest(path("00_data.xray_manifest"))
 validation = hq_table[hq_table.split == "val"]

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from dvclive import Live
 
+from xrlib.models.accel import for_sampling
 from xrlib.models.sampling import make_scheduler
 from xrlib.models.unet import load_model
 from xrlib.io import write_csv_atomic, write_json_atomic
@@ -62,7 +63,7 @@ ax.set_xlabel("step"); ax.set_yscale("log"); ax.legend(fontsize=7); fig.savefig(
 # When the HQ manifest holds out no patient (one patient: the embedded default), tiles are split into train/val/test instead (`split_unit` = tile, a hold-out of image regions, not of patients); otherwise tiles inherit their patient's split.
 
 # %%
-unet, _ = load_model(path("02_lq_ddpm.weights"))
+unet = for_sampling(load_model(path("02_lq_ddpm.weights"))[0], ddpm_cfg.accel)
 scheduler = make_scheduler(ddpm_cfg.sampler, ddpm_cfg.schedule)
 ddpm_choice = json.loads(path("02_lq_ddpm.setting").read_text())
 generators = pair_generators(unet, scheduler, ddpm_cfg, ddpm_choice, model, {"steps": training.steps, **cfg.model},

@@ -335,6 +335,8 @@ class LqDdpmSettings:
     ilvr_sweep: list[int] = setting(low=0)
     """ILVR factors tried (0: no guidance)."""
     gallery_count: int = setting(low=1)
+    accel: dict[str, Any] = setting({}, schema="xrlib.models.accel.SamplingAccel")
+    """How the UNet runs when it makes twins (:class:`xrlib.models.accel.SamplingAccel`; default: the CPU, eager, float32)."""
 
 
 @dataclass(frozen=True, kw_only=True)
