@@ -210,3 +210,25 @@ def test_train_with_accel_on_the_cpu_resumes_the_same_run_and_keeps_its_numbers(
                                rtol=1e-4, atol=1e-6)
     for got, expected in zip(split["ema"].parameters(), plain["ema"].parameters()):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_ddpm_lq_twins_sampled_channels_last_are_the_eager_twins():
+    """``lq_ddpm.accel`` (checked like restore.accel) changes how twins are computed, not what they are."""
+    from xrlib.lq.twins import ddpm_translate
+    from xrlib.params import load_params, stage_settings
+
+    section = load_params()["lq_ddpm"]
+    assert stage_settings("lq_ddpm", {**section, "accel": {"channels_last": True, "on_cpu": True}}).accel["channels_last"]
+    with pytest.raises(ConfigError, match="lq_ddpm.accel: unknown key channel_last"):
+        stage_settings("lq_ddpm", {**section, "accel": {"channel_last": True}})
+    unconditional = {**UNET, "condition_channels": 0}
+    torch.manual_seed(0)
+    eager = build_unet(unconditional).eval()
+    fast = for_sampling(build_unet(unconditional), {"channels_last": True, "on_cpu": True})
+    fast.load_state_dict(eager.state_dict())
+    assert next(fast.parameters()).is_contiguous(memory_format=torch.channels_last)
+    hq = torch.rand(2, 1, 16, 16)
+    scheduler = make_scheduler("ddim", SCHEDULE)
+    twins = [ddpm_translate(model, scheduler, hq, 0.6, 5, 2, seed=3) for model in (eager, fast)]
+    torch.testing.assert_close(twins[1], twins[0], rtol=0, atol=1e-5)
+    assert not torch.allclose(twins[0], hq, atol=1e-3)  # the model did edit the images
