@@ -151,3 +151,20 @@ def test_paper_quality_table_marks_published_and_ours():
     assert table.columns.tolist() == ["Test set", "Method", "PSNR (dB), published", "PSNR (dB), ours (95% CI)"]
     assert table.iloc[0].tolist() == ["MUNIT-LQ", "DiffusionXRay", "27.50", "25.12 [24.00, 26.25]"]
     assert table.iloc[1].tolist() == ["MUNIT-LQ", "lq_input", "--", "18.00 [17.00, 19.00]"]
+
+
+def test_zooms_of_a_row_share_a_window_stretched_to_their_pixels():
+    """A nodule in a dark lung (display 0.00-0.05) must show in the insets: the row's zooms get one
+    window from their pixels' 1-99 % quantiles, not the main image's 0..1."""
+    dark = np.full((40, 40), 0.01)
+    dark[18:22, 18:22] = 0.05  # the nodule
+    brighter = dark + 0.02
+    window = figures.zoom_window([dark, brighter], [(16, 16, 24, 24)] * 2)
+    assert window == pytest.approx((0.01, 0.07))
+    fig = figures.image_grid([[dark, brighter]], bboxes=[[(16, 16, 24, 24), (16, 16, 24, 24)]])
+    insets = [ax.child_axes[0] for ax in fig.axes[:2]]
+    assert [inset.images[0].get_clim() for inset in insets] == [pytest.approx((0.01, 0.07))] * 2
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)  # the main images keep the display scale
+    flat = figures.zoom_window([np.full((40, 40), 0.0)], [(16, 16, 24, 24)])
+    assert flat == pytest.approx((0.0, 0.02))  # a flat zoom gets the narrowest window, inside 0..1
+    plt.close(fig)

@@ -191,24 +191,21 @@ def add_nodule_zoom(
     margin_fraction: float = 0.5,
     inset_bounds: tuple[float, float, float, float] = (0.62, 0.02, 0.36, 0.36),
     colour: str = "#E69F00",
+    window: tuple[float, float] = (0.0, 1.0),
 ) -> plt.Axes:
     """Inset enlarging the region ``bbox_rc`` = (row0, col0, row1, col1), end-exclusive, plus a margin.
 
     The margin is ``margin_fraction`` of the box's longer side on every side, so one nodule
     zooms alike on grids of different resolution (a DRR and its enlarged restoration).
 
-    The inset shows the same pixels with equal aspect and the same grey scale; a box marks the
-    region on the main image. Returns the inset axes.
+    The inset shows the same pixels with equal aspect in the grey ``window`` (default the main
+    image's 0..1; :func:`zoom_window` stretches it to the zoomed pixels); a box marks the region on
+    the main image. Returns the inset axes.
     """
     array = _as_display_2d(image)
-    row0, col0, row1, col1 = bbox_rc
-    if not (row1 > row0 and col1 > col0):
-        raise DataError(f"nodule bbox {bbox_rc} is empty; expected (row0, col0, row1, col1) with row1 > row0, col1 > col0")
-    margin_px = margin_fraction * max(row1 - row0, col1 - col0)
-    top, bottom = max(row0 - margin_px, 0) - 0.5, min(row1 + margin_px, array.shape[0]) - 0.5
-    left, right = max(col0 - margin_px, 0) - 0.5, min(col1 + margin_px, array.shape[1]) - 0.5
+    top, bottom, left, right = _zoom_limits(array.shape, bbox_rc, margin_fraction)
     inset = ax.inset_axes(inset_bounds)
-    inset.imshow(array, cmap="gray", vmin=0.0, vmax=1.0, aspect="equal", origin="upper", interpolation="nearest")
+    inset.imshow(array, cmap="gray", vmin=window[0], vmax=window[1], aspect="equal", origin="upper", interpolation="nearest")
     inset.set_xlim(left, right)
     inset.set_ylim(bottom, top)  # rows grow downwards, as in the main image
     inset.set_xticks([])
@@ -218,6 +215,37 @@ def add_nodule_zoom(
         spine.set_edgecolor(colour)
     ax.indicate_inset_zoom(inset, edgecolor=colour)
     return inset
+
+
+def _zoom_limits(shape_hw: tuple[int, ...], bbox_rc: tuple[float, float, float, float], margin_fraction: float):
+    """(top, bottom, left, right) pixel-edge limits of a nodule zoom: the box plus its margin, inside the image."""
+    row0, col0, row1, col1 = bbox_rc
+    if not (row1 > row0 and col1 > col0):
+        raise DataError(f"nodule bbox {bbox_rc} is empty; expected (row0, col0, row1, col1) with row1 > row0, col1 > col0")
+    margin_px = margin_fraction * max(row1 - row0, col1 - col0)
+    return (max(row0 - margin_px, 0) - 0.5, min(row1 + margin_px, shape_hw[0]) - 0.5,
+            max(col0 - margin_px, 0) - 0.5, min(col1 + margin_px, shape_hw[1]) - 0.5)
+
+
+def zoom_window(images: Sequence[np.ndarray | torch.Tensor], bboxes: Sequence[tuple[float, float, float, float]],
+                margin_fraction: float = 0.5, quantiles: tuple[float, float] = (0.01, 0.99),
+                min_width: float = 0.02) -> tuple[float, float]:
+    """One grey window for the nodule zooms of several images (a gallery row): from the lowest
+    ``quantiles[0]`` to the highest ``quantiles[1]`` of the zoomed pixels, at least ``min_width`` wide
+    and inside 0..1. A nodule in a dark lung (display values 0.00-0.05) is then visible in the
+    insets, and the row's insets stay comparable with each other."""
+    lows, highs = [], []
+    for image, bbox in zip(images, bboxes, strict=True):
+        array = _as_display_2d(image)
+        top, bottom, left, right = _zoom_limits(array.shape, bbox, margin_fraction)
+        region = array[int(top + 0.5):int(bottom + 0.5), int(left + 0.5):int(right + 0.5)]
+        lows.append(np.quantile(region, quantiles[0]))
+        highs.append(np.quantile(region, quantiles[1]))
+    low, high = float(min(lows)), float(max(highs))
+    if high - low < min_width:
+        centre = min(max(0.5 * (low + high), 0.5 * min_width), 1.0 - 0.5 * min_width)
+        low, high = centre - 0.5 * min_width, centre + 0.5 * min_width
+    return max(low, 0.0), min(high, 1.0)
 
 
 Box = tuple[float, float, float, float]
@@ -233,7 +261,8 @@ def image_grid(
     """A gallery of radiographs, one row per case; ``bboxes[i][j]`` (or None) adds a nodule zoom to image (i, j).
 
     Each box is in its own image's pixels, so images of different sizes (a DRR and its enlarged
-    restoration) keep their own coordinates. Every image keeps square pixels; the figure's height
+    restoration) keep their own coordinates. A row's zooms share one grey window stretched to their
+    pixels (:func:`zoom_window`). Every image keeps square pixels; the figure's height
     follows the first image's aspect ratio.
     """
     if not rows or not rows[0]:
@@ -246,10 +275,13 @@ def image_grid(
     panel = fig_width / n_cols
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(fig_width, panel * height / width_px * n_rows + 0.3), squeeze=False)
     for i, row in enumerate(rows):
+        zoomed = [(image, box) for image, box in zip(row, bboxes[i])] if bboxes is not None else []
+        zoomed = [(image, box) for image, box in zoomed if box is not None]
+        window = zoom_window(*zip(*zoomed)) if zoomed else None
         for j, image in enumerate(row):
             show_radiograph(axes[i, j], image, title=column_titles[j] if column_titles and i == 0 else None)
             if bboxes is not None and bboxes[i][j] is not None:
-                add_nodule_zoom(axes[i, j], image, bboxes[i][j])
+                add_nodule_zoom(axes[i, j], image, bboxes[i][j], window=window)
         if row_titles:
             axes[i, 0].text(-0.04, 0.5, row_titles[i], transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center")
     fig.subplots_adjust(wspace=0.02, hspace=0.06)
