@@ -275,13 +275,13 @@ def image_grid(
     panel = fig_width / n_cols
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(fig_width, panel * height / width_px * n_rows + 0.3), squeeze=False)
     for i, row in enumerate(rows):
-        zoomed = [(image, box) for image, box in zip(row, bboxes[i])] if bboxes is not None else []
-        zoomed = [(image, box) for image, box in zoomed if box is not None]
+        boxes = bboxes[i] if bboxes is not None else [None] * n_cols
+        zoomed = [(image, box) for image, box in zip(row, boxes) if box is not None]
         window = zoom_window(*zip(*zoomed)) if zoomed else None
-        for j, image in enumerate(row):
+        for j, (image, box) in enumerate(zip(row, boxes)):
             show_radiograph(axes[i, j], image, title=column_titles[j] if column_titles and i == 0 else None)
-            if bboxes is not None and bboxes[i][j] is not None:
-                add_nodule_zoom(axes[i, j], image, bboxes[i][j], window=window)
+            if box is not None:
+                add_nodule_zoom(axes[i, j], image, box, window=window)
         if row_titles:
             axes[i, 0].text(-0.04, 0.5, row_titles[i], transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center")
     fig.subplots_adjust(wspace=0.02, hspace=0.06)
