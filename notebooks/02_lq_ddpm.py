@@ -31,9 +31,11 @@ torch.manual_seed(cfg.seed)
 
 # %% [markdown]
 # ## Train the DDPM on DRRs
+#
+# Each DRR is cut to a square by `pairs.drr_crop`: `body` (the square on the body) keeps out the CT's black surround and the edge where the CT's field of view ends, which a DDPM trained on centre squares learns as anatomy and paints onto every twin as a bright band.
 
 # %%
-drrs = load_display_stack(read_drr_paths(path("01_drr.drrs"), path("01_drr.drr")), cfg.image_px)
+drrs = load_display_stack(read_drr_paths(path("01_drr.drrs"), path("01_drr.drr")), cfg.image_px, pairs_cfg.drr_crop)
 model_config = {"unet": cfg.unet, "schedule": cfg.schedule}
 result = train_diffusion(model_config, {**cfg.train, "seed": cfg.seed}, DisplayImageDataset(drrs), path("02_lq_ddpm.run"),
                          path("02_lq_ddpm.weights").name)

@@ -39,11 +39,13 @@ torch.manual_seed(cfg.seed)
 
 # %% [markdown]
 # ## Train MUNIT on unpaired HQ X-rays (training split) and DRRs
+#
+# DRRs cut by `pairs.drr_crop` as in 02; the twin checks below compare with the same DRRs.
 
 # %%
 hq_table = read_hq_manifest(path("00_data.xray_manifest"))
 hq_train = load_display_stack([root / p for p in hq_table[hq_table.split == "train"].path], cfg.image_px)
-drrs = load_display_stack(read_drr_paths(path("01_drr.drrs"), path("01_drr.drr")), cfg.image_px)
+drrs = load_display_stack(read_drr_paths(path("01_drr.drrs"), path("01_drr.drr")), cfg.image_px, pairs_cfg.drr_crop)
 config, training = MunitConfig(**cfg.model), MunitTraining(**cfg.train, seed=cfg.seed)
 run = path("03_lq_munit.run")
 with Live(str(run / "dvclive"), resume=any((run / "checkpoints").glob("*/step-*")), save_dvc_exp=False, dvcyaml=False) as live:

@@ -22,7 +22,7 @@ from xrlib.lq.checks import (
     spectrum_shape,
     translation_report,
 )
-from xrlib.lq.pairs import build_pairs, load_display_stack
+from xrlib.lq.pairs import body_square, build_pairs, load_display_stack
 from xrlib.lq.twins import bicubic_twin, ddpm_translate
 from xrlib.errors import ConfigError, DataError
 from xrlib.eval.realism import radial_power_spectrum
@@ -260,6 +260,22 @@ def test_ddpm_lq_generator_is_deterministic_for_a_seed():
         assert first.shape == hq.shape and 0 <= first.min() and first.max() <= 1
         assert torch.equal(first, ddpm_twin(hq, 3))
     assert not torch.equal(first, ddpm_twin(hq, 4))
+
+
+def test_body_square_cuts_the_dark_frame_and_ignores_stray_pixels(tmp_path):
+    image = torch.zeros(80, 90)
+    image[10:50, 5:75] = 0.6              # the body: 40 rows x 70 columns inside the CT's black surround
+    image[70, 85] = image[2, 3] = 1.0      # stray bright pixels (noise, a marker) must not widen the box
+    assert body_square(image) == (10, 20, 40)  # the box's shorter side, centred on the box
+    save_png16(tmp_path / "drr.png", image.numpy())
+    body = load_display_stack([tmp_path / "drr.png"], 16, "body")
+    centre = load_display_stack([tmp_path / "drr.png"], 16, "centre")
+    assert body.min() > 0.55 and torch.allclose(body, torch.full_like(body, 0.6), atol=2e-3)  # no frame left
+    assert centre.min() < 0.05                                                                  # the centre square keeps it
+    with pytest.raises(DataError, match="no body"):
+        body_square(torch.zeros(20, 20))
+    with pytest.raises(ConfigError, match="crop 'middle'"):
+        load_display_stack([tmp_path / "drr.png"], 16, "middle")
 
 
 def test_build_pairs_writes_images_and_a_manifest(tmp_path):

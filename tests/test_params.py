@@ -60,6 +60,7 @@ def test_settings_are_typed_attributes(params):
     ("metrics.realism.n_bins", ..., "metrics.realism lacks 'n_bins' (int); add it"),
     ("restorer.base.schedule.beta_schedule", "sigmoid", "restorer.base.schedule.beta_schedule = 'sigmoid'"),
     ("readers.cho.width_px", -1.0, "readers.cho.width_px = -1.0 is out of range: must be > 0.0"),
+    ("pairs.drr_crop", "middle", "pairs.drr_crop = 'middle': expected one of 'centre', 'body'"),
 ])
 def test_bad_settings_name_the_key_the_type_and_the_range(params, dotted, value, message):
     with pytest.raises(ConfigError) as error:

@@ -89,7 +89,7 @@ STAGES: tuple[Stage, ...] = (
                   "drr_nodule_free": "outputs/01_drr/drr_nodule_free/{drr_id}.png",
                   "folder": "outputs/01_drr"},
           outs=("outputs/01_drr",)),
-    Stage("02_lq_ddpm", ("lq_ddpm", "pairs.hq_px", "pairs.low_pass_sigma_px"),
+    Stage("02_lq_ddpm", ("lq_ddpm", "pairs.hq_px", "pairs.low_pass_sigma_px", "pairs.drr_crop"),
           reads=("00_data.xray_manifest", "00_data.xray", "01_drr.drrs", "01_drr.drr", "models"),
           writes={"run": "outputs/02_lq_ddpm/ddpm", "weights": "outputs/02_lq_ddpm/ddpm/ddpm_lq.safetensors",
                   "strength_checks": "outputs/02_lq_ddpm/strength_checks.csv",

@@ -22,21 +22,50 @@ from xrlib.io import load_png, save_png16, write_csv_atomic
 from xrlib.progress import progress
 
 
-def load_square_display(path: str | Path, size_px: int) -> torch.Tensor:
-    """A display PNG as (1, 1, size_px, size_px): centre square crop (the lungs), then bicubic resize."""
+DRR_CROPS = ("centre", "body")
+"""How a display image is cut to a square: its centre square, or the square centred on its body (:func:`body_square`)."""
+
+
+def body_square(image: torch.Tensor, threshold: float = 0.02, min_fraction: float = 0.02) -> tuple[int, int, int]:
+    """(top, left, side) of the largest square centred on the body's bounding box inside it, for an (H, W) display image.
+
+    The body is every pixel brighter than ``threshold`` (a DRR shows air, and everything outside the
+    CT's field of view, as 0); its bounding box spans the rows and columns of which at least
+    ``min_fraction`` is body, so stray bright pixels do not widen it. The square's side is the box's
+    shorter side. A DRR cut this way holds no black frame and no field-of-view edge (where the CT
+    ends), which a generator trained on centre squares learns as anatomy.
+    """
+    inside = image > threshold
+    rows = torch.nonzero(inside.float().mean(dim=1) >= min_fraction).flatten()
+    cols = torch.nonzero(inside.float().mean(dim=0) >= min_fraction).flatten()
+    if len(rows) == 0 or len(cols) == 0:
+        raise DataError(f"no body in a {tuple(image.shape)} image (no row or column with {min_fraction:.0%} of its pixels "
+                        f"above {threshold}); is it a radiograph? use pairs.drr_crop: centre for images without a dark surround")
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    side = min(bottom - top, right - left)
+    return (top + bottom - side) // 2, (left + right - side) // 2, side
+
+
+def load_square_display(path: str | Path, size_px: int, crop: str = "centre") -> torch.Tensor:
+    """A display PNG as (1, 1, size_px, size_px): a square crop (``centre``: the centre square, the lungs of an
+    X-ray; ``body``: :func:`body_square`, for DRRs), then bicubic resize."""
     image = torch.from_numpy(load_png(path))
-    height, width = image.shape
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
+    if crop == "body":
+        top, left, side = body_square(image)
+    elif crop == "centre":
+        side = min(image.shape)
+        top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    else:
+        raise ConfigError(f"crop '{crop}': use one of {DRR_CROPS}")
     square = image[top:top + side, left:left + side]
     return resize_bicubic(square[None, None], (size_px, size_px))
 
 
-def load_display_stack(paths: Sequence[str | Path], size_px: int) -> torch.Tensor:
-    """Several display PNGs as one (N, 1, size_px, size_px) tensor."""
+def load_display_stack(paths: Sequence[str | Path], size_px: int, crop: str = "centre") -> torch.Tensor:
+    """Several display PNGs as one (N, 1, size_px, size_px) tensor, each cut by ``crop`` (:func:`load_square_display`)."""
     if not paths:
         raise DataError("no images to load; check the manifest (it lists no files)")
-    return torch.cat([load_square_display(p, size_px) for p in paths])
+    return torch.cat([load_square_display(p, size_px, crop) for p in paths])
 
 
 def cut_tiles(square: torch.Tensor, tiles_per_side: int) -> list[torch.Tensor]:
