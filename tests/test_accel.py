@@ -79,6 +79,23 @@ def test_defaults_leave_the_cpu_path_as_it_was():
         "num_workers": 2, "pin_memory": False, "prefetch_factor": 3, "persistent_workers": True}
 
 
+def test_cpu_adamw_takes_the_multi_tensor_kernel_with_the_single_tensor_result():
+    model, reference = tiny_unet(), tiny_unet()
+    optimizer = gpu.make_adamw(model.parameters(), TrainAccel(), CPU, lr=1e-2, weight_decay=0.01)
+    single = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.01, foreach=False)
+    assert optimizer.param_groups[0]["foreach"]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for parameter, twin in zip(model.parameters(), reference.parameters()):
+            parameter.grad = torch.randn(parameter.shape, generator=generator)
+            twin.grad = parameter.grad.clone()
+        optimizer.step(), single.step()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.parameters(), reference.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), tiny_unet().parameters()))  # it did move
+    gpu.after_resume(single, TrainAccel(), CPU)  # a state written by the single-tensor path resumes on foreach
+    assert single.param_groups[0]["foreach"] and not single.param_groups[0]["fused"]
+
+
 def test_attention_is_explicitly_sdpa_and_matches_the_classic_path():
     from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 

@@ -91,6 +91,19 @@ def test_ema_follows_its_closed_form():
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10_000, 0.999) == 0.999
 
 
+def test_ema_of_a_channels_last_unet_equals_the_per_parameter_lerp():
+    from xrlib.models.unet import build_unet
+
+    unet = dict(image_channels=1, block_out_channels=[8, 16], layers_per_block=1, attention_levels=[False, False],
+                norm_num_groups=4, sample_px=16)
+    torch.manual_seed(0)
+    model = build_unet(unet).to(memory_format=torch.channels_last)
+    ema = build_unet(unet).to(memory_format=torch.channels_last).requires_grad_(False)
+    expected = [e.detach().clone().lerp_(m.detach(), 1 - 0.95) for e, m in zip(ema.parameters(), model.parameters())]
+    update_ema(ema, model, 0.95)
+    assert all(torch.allclose(e, x, atol=1e-7) for e, x in zip(ema.parameters(), expected))
+
+
 def test_training_settings_are_checked_by_the_params_schema():
     with pytest.raises(ConfigError, match="learnig_rate"):
         parse(TrainConfig, {"learnig_rate": 1e-3}, "train")

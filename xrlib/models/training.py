@@ -183,9 +183,8 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
-    for ema_param, param in zip(ema.parameters(), model.parameters()):
-        ema_param.lerp_(param.detach(), 1.0 - decay)
+    """ema <- decay * ema + (1 - decay) * model, as one multi-tensor lerp over the parameters (buffers copied)."""
+    torch._foreach_lerp_(list(ema.parameters()), [param.detach() for param in model.parameters()], 1.0 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
         ema_buffer.copy_(buffer)
 
