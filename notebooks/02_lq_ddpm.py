@@ -35,7 +35,8 @@ torch.manual_seed(cfg.seed)
 # Each DRR is cut to a square by `pairs.drr_crop`: `body` (the square on the body) keeps out the CT's black surround and the edge where the CT's field of view ends, which a DDPM trained on centre squares learns as anatomy and paints onto every twin as a bright band.
 
 # %%
-drrs = load_display_stack(read_drr_paths(path("01_drr.drrs"), path("01_drr.drr")), cfg.image_px, pairs_cfg.drr_crop)
+drr_paths = read_drr_paths(path("01_drr.drrs"), path("01_drr.drr"))
+drrs = load_display_stack(drr_paths, cfg.image_px, pairs_cfg.drr_crop)
 model_config = {"unet": cfg.unet, "schedule": cfg.schedule}
 result = train_diffusion(model_config, {**cfg.train, "seed": cfg.seed}, DisplayImageDataset(drrs), path("02_lq_ddpm.run"),
                          path("02_lq_ddpm.weights").name)
@@ -58,7 +59,8 @@ hq_table = read_hq_manifest(path("00_data.xray_manifest"))
 validation = hq_table[hq_table.split == "val"]
 checked = validation if len(validation) else hq_table
 hq = load_display_stack([root / p for p in checked.path], pairs_cfg.hq_px)
-drrs_hq_px = resize_bicubic(drrs, (pairs_cfg.hq_px,) * 2)
+# the DRRs the twins are compared with, read at the HQ size from their own grid (not the training stack upsampled: that loses their top octave)
+drrs_hq_px = load_display_stack(drr_paths, pairs_cfg.hq_px, pairs_cfg.drr_crop)
 sweep = sdedit_sweep(unet, scheduler, hq, drrs_hq_px, cfg.strength_sweep, cfg.ilvr_sweep, cfg.num_inference_steps,
                      pairs_cfg.low_pass_sigma_px, cfg.seed)
 chosen = choose_translation_setting(sweep)

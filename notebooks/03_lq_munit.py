@@ -45,7 +45,8 @@ torch.manual_seed(cfg.seed)
 # %%
 hq_table = read_hq_manifest(path("00_data.xray_manifest"))
 hq_train = load_display_stack([root / p for p in hq_table[hq_table.split == "train"].path], cfg.image_px)
-drrs = load_display_stack(read_drr_paths(path("01_drr.drrs"), path("01_drr.drr")), cfg.image_px, pairs_cfg.drr_crop)
+drr_paths = read_drr_paths(path("01_drr.drrs"), path("01_drr.drr"))
+drrs = load_display_stack(drr_paths, cfg.image_px, pairs_cfg.drr_crop)
 config, training = MunitConfig(**cfg.model), MunitTraining(**cfg.train, seed=cfg.seed)
 run = path("03_lq_munit.run")
 with Live(str(run / "dvclive"), resume=any((run / "checkpoints").glob("*/step-*")), save_dvc_exp=False, dvcyaml=False) as live:
@@ -81,7 +82,8 @@ manifest.groupby(["generator", "split"]).size().unstack()
 # On the held-out (test) images. `spectrum_distance_ratio`: the twins' spectrum distance to the DRRs over the HQ images' (below 0.5: the twins reached the DRR domain); `spectrum_fraction` and `sharpness_fraction`: how far the twin moved from the HQ value toward the DRR value (0 = unchanged, 1 = as a DRR), measured at the HQ size. `low_pass_ssim`: SSIM of the Gaussian low-passes of twin and HQ (1 = anatomy fully kept; the bar is 0.85). The bicubic baseline is listed for reference.
 
 # %%
-drrs_hq_px = resize_bicubic(drrs, (pairs_cfg.hq_px,) * 2)
+# the DRRs the twins are compared with, read at the HQ size from their own grid (not MUNIT's training stack upsampled: that loses their top octave)
+drrs_hq_px = load_display_stack(drr_paths, pairs_cfg.hq_px, pairs_cfg.drr_crop)
 checks = manifest_translation_checks(manifest, root, drrs_hq_px, pairs_cfg.hq_px, pairs_cfg.low_pass_sigma_px, split="test")
 checks = pd.concat([checks, pd.DataFrame([TwinCriteria().verdict(r) for _, r in checks.iterrows()])], axis=1)
 write_csv_atomic(out / "translation_checks.csv", checks)

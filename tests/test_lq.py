@@ -115,6 +115,17 @@ def test_blur_moves_the_spectrum_and_sharpness_toward_a_blurred_reference():
     assert blurred_small["spectrum_fraction"] > 0.3
 
 
+def test_the_drr_reference_read_through_a_coarser_grid_loses_its_top_octave():
+    """Why 02 and 03 read the DRR reference at the HQ size from the DRR files, not from a generator's training stack."""
+    hq, drrs = textured_images(6, 64, seed=2), gaussian_blur(textured_images(6, 64, seed=3), 1.0)
+    twins = resize_bicubic(drrs, (32, 32))  # twins that are exactly the DRRs at the twin size: at the DRR domain
+    direct = translation_report(hq, twins, drrs, 3.0)
+    assert direct["spectrum_distance_lq_to_drr"] == pytest.approx(0.0, abs=1e-6)
+    through_36 = resize_bicubic(resize_bicubic(drrs, (36, 36)), (64, 64))  # via a 36-px stack (MUNIT's 144 at 128 px)
+    coarse = translation_report(hq, twins, through_36, 3.0)
+    assert coarse["spectrum_distance_lq_to_drr"] > 0.1 * coarse["spectrum_distance_hq_to_drr"]
+
+
 def test_twin_criteria_pass_a_blurred_twin_and_fail_a_different_image_or_an_unchanged_one():
     hq = textured_images(6, 64, seed=2)
     drrs = gaussian_blur(textured_images(6, 64, seed=3), 2.0)
