@@ -270,6 +270,8 @@ class ScheduleSchema:
 
 
 SAMPLERS = Literal["ddpm", "ddim", "dpm_solver"]
+DRR_CROPS = Literal["centre", "body"]
+"""How a DRR is cut to a square: its centre square, or the square on its body (:func:`xrlib.lq.pairs.body_square`)."""
 LQ_GENERATORS = Literal["bicubic", "ddpm", "munit"]
 
 
@@ -363,7 +365,7 @@ class PairsSettings:
     split_fractions: dict[str, float] = setting(low=0.0, high=1.0)
     low_pass_sigma_px: float = setting(above=0.0)
     gallery_count: int = setting(low=1)
-    drr_crop: Literal["centre", "body"] = "centre"
+    drr_crop: DRR_CROPS = "centre"
     """The DRRs that DDPM-LQ and MUNIT learn and the twin checks compare with: each DRR's centre square, or the
     square on its body (:func:`xrlib.lq.pairs.body_square`: no black frame, no CT field-of-view edge)."""
 

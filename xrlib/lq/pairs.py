@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, get_args
 
 import pandas as pd
 import torch
@@ -19,11 +19,8 @@ from xrlib.data.pairs import PAIR_COLUMNS, resize_bicubic
 from xrlib.errors import ConfigError, DataError
 from xrlib.lq.twins import Translate
 from xrlib.io import load_png, save_png16, write_csv_atomic
+from xrlib.params import DRR_CROPS
 from xrlib.progress import progress
-
-
-DRR_CROPS = ("centre", "body")
-"""How a display image is cut to a square: its centre square, or the square centred on its body (:func:`body_square`)."""
 
 
 def body_square(image: torch.Tensor, threshold: float = 0.02, min_fraction: float = 0.02) -> tuple[int, int, int]:
@@ -56,7 +53,7 @@ def load_square_display(path: str | Path, size_px: int, crop: str = "centre") ->
         side = min(image.shape)
         top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
     else:
-        raise ConfigError(f"crop '{crop}': use one of {DRR_CROPS}")
+        raise ConfigError(f"crop '{crop}': use one of {get_args(DRR_CROPS)}")
     square = image[top:top + side, left:left + side]
     return resize_bicubic(square[None, None], (size_px, size_px))
 
