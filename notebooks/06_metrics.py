@@ -5,7 +5,7 @@
 #
 # 1. **The paper's table**: held-out HQ X-rays degraded by MUNIT-LQ and DDPM-LQ, scored for the LQ input itself (bicubic to the HQ grid), DiffusionXRay (one model per LQ generator: `diffusionxray_munit` on MUNIT-LQ inputs, `diffusionxray_ddpm` on DDPM-LQ inputs) and the bicubic-trained baseline (on both); 95 % bootstrap intervals resample the held-out *units* and paired Wilcoxon and t-tests use per-unit means (Holm-adjusted); beside the paper's published values. The unit is the patient, or an image tile when the data hold too few patients to hold any out (`split_unit` in every table and in metrics.json: a tile-level hold-out is not a patient-level one).
 # 2. **Realism** of raw and restored DRRs against real X-rays, with no downloaded network: radial power spectrum distance, noise power spectrum, 10-90 % edge rise distance, intensity-histogram Wasserstein distance. FID/KID only with feature-extractor weights you supply.
-# 3. **Nodule preservation**, per inserted nodule: contrast, CNR, peak shift, NPW matched-filter d' before and after restoration, and the nodules the restoration lost.
+# 3. **Nodule preservation**, per inserted nodule: contrast, CNR and NPW matched-filter d' before and after restoration, the contrast kept and peak shift of the nodule's own signal (restored with minus without the nodule, same seed), and the nodules the restoration lost.
 
 # %% tags=["parameters"]
 metrics = None
@@ -125,12 +125,13 @@ fid
 # %%
 rule = LostRule(cfg.nodules.min_contrast_ratio, cfg.nodules.max_peak_shift_radii)
 loader = nodule_image_loader(root, str(path('01_drr.drr')), str(path('01_drr.drr_nodule_free')),
-                             str(path('05_restore.restored_drr', config=cfg.restored_drr_config)))
+                             str(path('05_restore.restored_drr', config=cfg.restored_drr_config)),
+                             str(path('05_restore.restored_drr_nodule_free', config=cfg.restored_drr_config)))
 preserved = nodule_preservation_table(nodules, loader, rule, cfg.nodules.n_background, cfg.seed)
 write_csv_atomic(out / 'nodules.csv', preserved)
 print(f"{int(preserved['lost'].sum())} of {len(preserved)} nodules lost by restoration ({rule})")
 preserved[['drr_id', 'nodule_id', 'contrast_drr', 'contrast_restored', 'cnr_drr', 'cnr_restored',
-           'dprime_drr', 'dprime_restored', 'peak_shift_px', 'lost']]
+           'dprime_drr', 'dprime_restored', 'signal_kept', 'signal_peak_shift_px', 'lost']]
 
 # %% [markdown]
 # ## DVC metrics

@@ -414,20 +414,42 @@ def test_npw_dprime_ignores_local_grey_level_with_zero_mean_template():
 
 def test_lost_rule_and_preservation_of_kept_removed_and_moved_nodules():
     drr, nodule_free, _ = nodule_scene(noise=0.01)
-    kept = nodule_preservation(drr, nodule_free, drr + np.random.default_rng(1).normal(0, 0.005, drr.shape), 64.0, 64.0, 6.0)
-    assert not kept["lost"] and kept["peak_shift_px"] < 0.5
+    grain = np.random.default_rng(1).normal(0, 0.005, drr.shape)  # the restorer's noise: the same seed for both of a pair
+    kept = nodule_preservation(drr, nodule_free, drr + grain, nodule_free + grain, 64.0, 64.0, 6.0)
+    assert not kept["lost"] and kept["signal_peak_shift_px"] < 0.5
+    assert kept["signal_kept"] == pytest.approx(1.0, abs=1e-9)
     assert kept["contrast_restored"] == pytest.approx(kept["contrast_drr"], abs=0.01)
     assert kept["dprime_drr"] > 3 and kept["dprime_restored"] > 3
-    removed = nodule_preservation(drr, nodule_free, nodule_free, 64.0, 64.0, 6.0)
-    assert removed["lost"] and abs(removed["contrast_restored"]) < 0.02
-    moved, _, _ = nodule_scene(noise=0.01, centre=(64.0, 72.0))  # 8 px away: more than one radius
-    shifted = nodule_preservation(drr, nodule_free, moved, 64.0, 64.0, 6.0)
-    assert shifted["lost"] and shifted["peak_shift_px"] == pytest.approx(8.0, abs=0.5)
+    removed = nodule_preservation(drr, nodule_free, nodule_free, nodule_free, 64.0, 64.0, 6.0)
+    assert removed["lost"] and abs(removed["contrast_restored"]) < 0.02 and removed["signal_kept"] == 0.0
+    moved, moved_free, _ = nodule_scene(noise=0.01, centre=(64.0, 72.0))  # 8 px away: more than one radius
+    shifted = nodule_preservation(drr, nodule_free, moved, moved_free, 64.0, 64.0, 6.0)
+    assert shifted["lost"] and shifted["signal_peak_shift_px"] == pytest.approx(8.0, abs=0.5)
     rule = LostRule(min_contrast_ratio=0.5, max_peak_shift_radii=1.0)
-    assert rule.is_lost(0.2, 0.09, 0.0, 6.0) and not rule.is_lost(0.2, 0.11, 5.9, 6.0)
-    assert not rule.is_lost(-0.05, -0.06, 1.0, 6.0) and rule.is_lost(-0.05, -0.06, 6.1, 6.0)
+    assert rule.is_lost(0.2, 0.09, 1.0, 0.0, 6.0) and not rule.is_lost(0.2, 0.11, 1.0, 5.9, 6.0)
+    assert rule.is_lost(0.2, 0.2, 0.49, 0.0, 6.0) and not rule.is_lost(0.2, 0.2, 0.51, 0.0, 6.0)
+    assert not rule.is_lost(-0.05, -0.06, 1.0, 1.0, 6.0) and rule.is_lost(-0.05, -0.06, 1.0, 6.1, 6.0)
     with pytest.raises(DataError, match="resize"):
-        nodule_preservation(drr, nodule_free, drr[:64], 64.0, 64.0, 6.0)
+        nodule_preservation(drr, nodule_free, drr[:64], nodule_free[:64], 64.0, 64.0, 6.0)
+    with pytest.raises(DataError, match="no positive signal"):
+        nodule_preservation(drr, drr + 0.2 * disc(drr.shape, (64.0, 64.0), 6.0), drr, drr, 64.0, 64.0, 6.0)
+
+
+def test_a_restored_background_blob_beside_a_kept_nodule_does_not_lose_it():
+    """Restoration that sharpens the background beside a nodule moves the image's brightest blob near it;
+    the nodule's own signal (restored pair difference) stays put, so the nodule is kept. Moving the signal
+    itself by the same distance loses it."""
+    drr, nodule_free, signal = nodule_scene(contrast=0.1, noise=0.005)
+    blob = 0.3 * disc(drr.shape, (64.0, 74.0), 5.0)  # background structure the restoration made 10 px away
+    grain = np.random.default_rng(3).normal(0, 0.005, drr.shape)
+    restored_free = nodule_free + blob + grain
+    image_peak = nodule_peak_px(restored_free + signal, 64.0, 64.0, 6.0)
+    assert math.hypot(image_peak[0] - 64.0, image_peak[1] - 64.0) > 6.0  # the image's peak went to the blob
+    kept = nodule_preservation(drr, nodule_free, restored_free + signal, restored_free, 64.0, 64.0, 6.0)
+    assert not kept["lost"] and kept["signal_peak_shift_px"] < 0.5 and kept["signal_kept"] == pytest.approx(1.0)
+    moved_signal = 0.1 * disc(drr.shape, (64.0, 74.0), 6.0)
+    moved = nodule_preservation(drr, nodule_free, restored_free + moved_signal, restored_free, 64.0, 64.0, 6.0)
+    assert moved["lost"] and moved["signal_peak_shift_px"] > 6.0
 
 
 def test_nodule_preservation_table_over_a_nodules_csv():
@@ -437,7 +459,7 @@ def test_nodule_preservation_table_over_a_nodules_csv():
         [("d1", 1, 64.0, 64.0, 58, 58, 70, 70, 8.0), ("d1", 2, 30.0, 30.0, 24, 24, 36, 36, 8.0)],
         columns=[*NODULE_LOCATION_COLUMNS, "diameter_mm"],
     )
-    table = nodule_preservation_table(nodules, lambda drr_id: (drr, nodule_free, nodule_free))
+    table = nodule_preservation_table(nodules, lambda drr_id: (drr, nodule_free, nodule_free, nodule_free))
     assert list(table["nodule_id"]) == [1, 2] and "diameter_mm" in table
     assert table.loc[0, "radius_px"] == 6.0
     assert table.loc[0, "lost"]  # the restored image lost it (nodule-free)
@@ -534,11 +556,13 @@ def test_nodule_table_on_an_enlarged_restored_grid():
     assert nodule_bbox({"bbox_row0": 8, "bbox_col0": 0, "bbox_row1": 12, "bbox_col1": 3}, 2.0) == (16, 0, 24, 6)
     nodules = pd.DataFrame([("d1", 1, 31.5, 31.5, 27, 27, 37, 37)], columns=list(NODULE_LOCATION_COLUMNS))
     noisy_background = nodule_free + np.random.default_rng(2).normal(0, 0.01, nodule_free.shape)
-    table = nodule_preservation_table(nodules, lambda drr_id: (drr + noisy_background - nodule_free, noisy_background, restored))
+    restored_free = resize_images(batch_of(noisy_background), (128, 128), "bicubic")[0, 0].numpy()
+    table = nodule_preservation_table(
+        nodules, lambda drr_id: (drr + noisy_background - nodule_free, noisy_background, restored, restored_free))
     row = table.iloc[0]
     assert row["grid_scale"] == 2.0 and row["radius_px"] == 10.0 and row["centre_row_px"] == 31.5
     assert row["contrast_restored"] == pytest.approx(row["contrast_drr"], abs=0.02) and not row["lost"]
-    assert row["peak_shift_px"] < 1.0
+    assert row["signal_peak_shift_px"] < 1.0
 
 
 def test_spectra_table_and_path_sampling():

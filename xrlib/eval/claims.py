@@ -150,7 +150,7 @@ def nodule_claim(nodules: pd.DataFrame, criteria: ClaimCriteria = ClaimCriteria(
         raise DataError(f"the nodule preservation table lacks columns {missing}; 06_metrics writes them")
     large = nodules[nodules.diameter_mm >= criteria.min_nodule_diameter_mm]
     claim = "Inserted nodules stay visible after restoration"
-    measure = f"fraction of nodules >= {criteria.min_nodule_diameter_mm:g} mm kept (contrast and position, LostRule)"
+    measure = f"fraction of nodules >= {criteria.min_nodule_diameter_mm:g} mm kept (contrast, signal and its position, LostRule)"
     n = len(large)
     if n < criteria.min_nodules:
         return [_row("nodules_kept", claim, measure, NOT_MEASURABLE,

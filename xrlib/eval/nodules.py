@@ -1,6 +1,6 @@
-"""Nodule preservation by restoration: contrast and CNR of an inserted nodule, the shift of its
-peak, the detectability index d' of a non-prewhitening (NPW) matched filter, and a documented
-rule that flags nodules lost by restoration."""
+"""Nodule preservation by restoration: contrast and CNR of an inserted nodule, the contrast and
+peak of its own signal (with minus without the nodule), the detectability index d' of a
+non-prewhitening (NPW) matched filter, and a documented rule that flags nodules lost by restoration."""
 
 from __future__ import annotations
 
@@ -188,24 +188,31 @@ def npw_dprime(
 class LostRule:
     """When is a nodule lost by restoration (both parameters in params.yaml ``metrics:``).
 
-    Lost if the restored image keeps less than ``min_contrast_ratio`` of the DRR's local contrast,
-    or its peak moved by more than ``max_peak_shift_radii`` nodule radii. Where the DRR's own
-    local contrast is not positive (a nodule over a rib edge or a steep background), only the
-    peak criterion applies: a ratio of non-positive contrasts says nothing.
+    The nodule's own signal is the difference of a restored pair, the DRR with and without the
+    nodule restored with the same seed, as for the signal-present minus signal-absent images by
+    which nonlinear reconstructions and denoisers are assessed (Li, Zhou, Li and Anastasio, IEEE
+    TMI 40:2295, 2021). Lost if the restored image keeps less than ``min_contrast_ratio`` of the
+    DRR's local contrast (visibility against its background), or the restored signal keeps less
+    than ``min_contrast_ratio`` of the DRR's signal contrast, or the signal's peak moved by more
+    than ``max_peak_shift_radii`` nodule radii. Where the DRR's own local contrast is not positive
+    (a nodule over a rib edge or a steep background), its ratio says nothing and is not used.
     """
 
     min_contrast_ratio: float = 0.5
     max_peak_shift_radii: float = 1.0
 
-    def is_lost(self, contrast_drr: float, contrast_restored: float, peak_shift_px: float, radius_px: float) -> bool:
+    def is_lost(self, contrast_drr: float, contrast_restored: float, signal_kept: float,
+                signal_peak_shift_px: float, radius_px: float) -> bool:
         faded = contrast_drr > 0 and contrast_restored < self.min_contrast_ratio * contrast_drr
-        return bool(faded or peak_shift_px > self.max_peak_shift_radii * radius_px)
+        signal_faded = signal_kept < self.min_contrast_ratio
+        return bool(faded or signal_faded or signal_peak_shift_px > self.max_peak_shift_radii * radius_px)
 
 
 def nodule_preservation(
     drr: np.ndarray | torch.Tensor,
     nodule_free_drr: np.ndarray | torch.Tensor,
     restored: np.ndarray | torch.Tensor,
+    restored_nodule_free: np.ndarray | torch.Tensor,
     centre_row_px: float,
     centre_col_px: float,
     radius_px: float,
@@ -213,24 +220,35 @@ def nodule_preservation(
     n_background: int = 64,
     seed: int = 0,
 ) -> dict[str, float | bool]:
-    """Contrast, CNR, peak and NPW d' of one nodule in the DRR and in its restored image, and ``lost``."""
-    drr_2d, restored_2d = _as_image_2d(drr, "drr"), _as_image_2d(restored, "restored")
-    if drr_2d.shape != restored_2d.shape:
+    """Contrast, CNR and NPW d' of one nodule in the DRR and in its restored image, the contrast and
+    peak of its own signal (with minus without nodule) in both, and ``lost`` (:class:`LostRule`)."""
+    images = {name: _as_image_2d(image, name) for name, image in (
+        ("drr", drr), ("nodule_free_drr", nodule_free_drr), ("restored", restored), ("restored_nodule_free", restored_nodule_free))}
+    if len({image.shape for image in images.values()}) != 1:
         raise DataError(
-            f"DRR {drr_2d.shape} and restored image {restored_2d.shape} differ in shape; "
-            "resize the restored image to the DRR grid (resize_images) so nodule coordinates apply"
+            f"DRR, nodule-free DRR and the restored pair differ in shape ({[image.shape for image in images.values()]}); "
+            "resize the restored images to the DRR grid (resize_images) so nodule coordinates apply"
         )
-    template = nodule_signal_template(drr_2d, nodule_free_drr, centre_row_px, centre_col_px, radius_px)
+    template = nodule_signal_template(images["drr"], images["nodule_free_drr"], centre_row_px, centre_col_px, radius_px)
+    signals = {"drr": images["drr"] - images["nodule_free_drr"], "restored": images["restored"] - images["restored_nodule_free"]}
     result: dict[str, float | bool] = {"radius_px": radius_px}
     peaks = {}
-    for name, image in (("drr", drr_2d), ("restored", restored_2d)):
-        measured = nodule_contrast(image, centre_row_px, centre_col_px, radius_px)
+    for name in ("drr", "restored"):
+        measured = nodule_contrast(images[name], centre_row_px, centre_col_px, radius_px)
         result[f"contrast_{name}"] = measured["contrast"]
         result[f"cnr_{name}"] = measured["cnr"]
-        result[f"dprime_{name}"] = npw_dprime(image, template, centre_row_px, centre_col_px, n_background, seed=seed)
-        peaks[name] = nodule_peak_px(image, centre_row_px, centre_col_px, radius_px)
-    result["peak_shift_px"] = float(np.hypot(peaks["restored"][0] - peaks["drr"][0], peaks["restored"][1] - peaks["drr"][1]))
-    result["lost"] = rule.is_lost(result["contrast_drr"], result["contrast_restored"], result["peak_shift_px"], radius_px)
+        result[f"dprime_{name}"] = npw_dprime(images[name], template, centre_row_px, centre_col_px, n_background, seed=seed)
+        result[f"signal_contrast_{name}"] = nodule_contrast(signals[name], centre_row_px, centre_col_px, radius_px)["contrast"]
+        peaks[name] = nodule_peak_px(signals[name], centre_row_px, centre_col_px, radius_px)
+    if result["signal_contrast_drr"] <= 0:
+        raise DataError(
+            f"the nodule at (row {centre_row_px:.1f}, col {centre_col_px:.1f}) px has no positive signal in the DRR "
+            "(DRR minus nodule-free DRR); check nodules.csv against the DRRs"
+        )
+    result["signal_kept"] = result["signal_contrast_restored"] / result["signal_contrast_drr"]
+    result["signal_peak_shift_px"] = float(np.hypot(peaks["restored"][0] - peaks["drr"][0], peaks["restored"][1] - peaks["drr"][1]))
+    result["lost"] = rule.is_lost(result["contrast_drr"], result["contrast_restored"], result["signal_kept"],
+                                  result["signal_peak_shift_px"], radius_px)
     return result
 
 
@@ -250,13 +268,14 @@ def nodule_bbox(nodule: Mapping[str, float], grid_scale: float = 1.0) -> tuple[f
 
 
 def nodule_image_loader(
-    root: Path, drr_pattern: str, nodule_free_pattern: str, restored_pattern: str
-) -> Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    root: Path, drr_pattern: str, nodule_free_pattern: str, restored_pattern: str, restored_nodule_free_pattern: str
+) -> Callable[[str], tuple[np.ndarray, ...]]:
     """``load_images(drr_id)`` for :func:`nodule_preservation_table`; patterns take ``{drr_id}``, relative to ``root``."""
+    patterns = (drr_pattern, nodule_free_pattern, restored_pattern, restored_nodule_free_pattern)
 
-    def load_images(drr_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        paths = [root / pattern.format(drr_id=drr_id) for pattern in (drr_pattern, nodule_free_pattern, restored_pattern)]
-        missing_files(paths, f"images of DRR '{drr_id}' (DRR, nodule-free DRR, restored)")
+    def load_images(drr_id: str) -> tuple[np.ndarray, ...]:
+        paths = [root / pattern.format(drr_id=drr_id) for pattern in patterns]
+        missing_files(paths, f"images of DRR '{drr_id}' (DRR, nodule-free DRR, restored, restored nodule-free)")
         return tuple(load_png(path) for path in paths)
 
     return load_images
@@ -264,15 +283,15 @@ def nodule_image_loader(
 
 def nodule_preservation_table(
     nodules: pd.DataFrame,
-    load_images: Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    load_images: Callable[[str], tuple[np.ndarray, ...]],
     rule: LostRule = LostRule(),
     n_background: int = 64,
     seed: int = 0,
 ) -> pd.DataFrame:
     """:func:`nodule_preservation` for every row of ``nodules`` (the columns of 01_drr's nodules.csv).
 
-    ``load_images(drr_id)`` returns (DRR, nodule-free DRR, restored image); each DRR is loaded
-    once. Where the restorer enlarged the image (restored = k x the DRR's size), both DRRs are
+    ``load_images(drr_id)`` returns (DRR, nodule-free DRR, restored DRR, restored nodule-free DRR);
+    each is loaded once. Where the restorer enlarged the image (restored = k x the DRR's size), both DRRs are
     brought to the restored grid by bicubic interpolation and the nodule coordinates scaled by k
     (column ``grid_scale``), so the restoration's detail is measured at its own resolution.
     Extra columns of ``nodules`` (e.g. diameter_mm) are kept, in DRR pixels.
@@ -282,7 +301,8 @@ def nodule_preservation_table(
         raise DataError(f"nodule table lacks columns {missing}; it must follow 01_drr's nodules.csv")
     rows = []
     for drr_id, group in nodules.groupby("drr_id", sort=False):
-        drr, nodule_free, restored = (_as_image_2d(image, name) for image, name in zip(load_images(str(drr_id)), ("drr", "nodule_free_drr", "restored")))
+        drr, nodule_free, restored, restored_nodule_free = (_as_image_2d(image, name) for image, name in zip(
+            load_images(str(drr_id)), ("drr", "nodule_free_drr", "restored", "restored_nodule_free")))
         ratio = restored.shape[0] / drr.shape[0]
         if not math.isclose(ratio, restored.shape[1] / drr.shape[1], rel_tol=1e-6):
             raise DataError(f"DRR '{drr_id}' {drr.shape} and its restored image {restored.shape} differ in aspect ratio")
@@ -292,7 +312,8 @@ def nodule_preservation_table(
         for original, nodule in zip(group.itertuples(index=False), on_grid.itertuples(index=False)):
             radius = nodule_radius_px(nodule.bbox_row0, nodule.bbox_col0, nodule.bbox_row1, nodule.bbox_col1)
             measured = nodule_preservation(
-                drr, nodule_free, restored, nodule.centre_row_px, nodule.centre_col_px, radius, rule, n_background, seed
+                drr, nodule_free, restored, restored_nodule_free, nodule.centre_row_px, nodule.centre_col_px, radius,
+                rule, n_background, seed
             )
             rows.append({**original._asdict(), "grid_scale": ratio, **measured})
     return pd.DataFrame(rows)
@@ -311,6 +332,7 @@ def summarise_nodules(preserved: pd.DataFrame) -> dict[str, float]:
         "median_cnr_restored": float(preserved["cnr_restored"].median()),
         "median_dprime_drr": float(preserved["dprime_drr"].median()),
         "median_dprime_restored": float(preserved["dprime_restored"].median()),
-        "median_peak_shift_px": float(preserved["peak_shift_px"].median()),
-        "max_peak_shift_px": float(preserved["peak_shift_px"].max()),
+        "median_signal_kept": float(preserved["signal_kept"].median()),
+        "median_signal_peak_shift_px": float(preserved["signal_peak_shift_px"].median()),
+        "max_signal_peak_shift_px": float(preserved["signal_peak_shift_px"].max()),
     }
