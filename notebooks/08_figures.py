@@ -65,17 +65,18 @@ written['fig2_lq_generators'] = f.save_figure(fig, 'fig2_lq_generators')
 
 # %% [markdown]
 # ## Figure 3: restoration of DRRs, with nodule zooms
-# The nodules with the lowest contrast kept by restoration first (lost ones, if any, at the top): DRR, nodule-free DRR and restored DRR.
+# The nodules with the lowest contrast kept by restoration first (lost ones, if any, at the top): DRR, nodule-free DRR, restored DRR and restored nodule-free DRR (same seed: what differs between the last two is the nodule's own restored signal, which 06's lost rule measures).
 
 # %%
 ranked = nodules.assign(kept=nodules['contrast_restored'] / nodules['contrast_drr']).sort_values(['lost', 'kept'], ascending=[False, True])
 shown = ranked.head(cfg.gallery_cases)
 rows = [[load_png(path('01_drr.drr', drr_id=n['drr_id'])), load_png(path('01_drr.drr_nodule_free', drr_id=n['drr_id'])),
-         load_png(path('05_restore.restored_drr', config=mcfg.restored_drr_config, drr_id=n['drr_id']))]
+         load_png(path('05_restore.restored_drr', config=mcfg.restored_drr_config, drr_id=n['drr_id'])),
+         load_png(path('05_restore.restored_drr_nodule_free', config=mcfg.restored_drr_config, drr_id=n['drr_id']))]
         for _, n in shown.iterrows()]
-boxes = [[nodule_bbox(n), nodule_bbox(n), nodule_bbox(n, n['grid_scale'])] for _, n in shown.iterrows()]
+boxes = [[nodule_bbox(n), nodule_bbox(n), nodule_bbox(n, n['grid_scale']), nodule_bbox(n, n['grid_scale'])] for _, n in shown.iterrows()]
 titles = [f"{n.nodule_id}{' (lost)' if n.lost else ''}" for n in shown.itertuples()]  # nodule ids name their DRR
-fig = f.image_grid(rows, column_titles=['DRR', 'nodule-free DRR', 'restored DRR'], row_titles=titles, bboxes=boxes)
+fig = f.image_grid(rows, column_titles=['DRR', 'nodule-free DRR', 'restored DRR', 'restored nodule-free DRR'], row_titles=titles, bboxes=boxes)
 written['fig3_restoration_gallery'] = f.save_figure(fig, 'fig3_restoration_gallery')
 
 # %% [markdown]
