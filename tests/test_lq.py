@@ -313,6 +313,31 @@ def test_build_pairs_writes_images_and_a_manifest(tmp_path):
         build_pairs(table, {}, tmp_path, tmp_path / "x", hq_px=16, lq_px=16, seed=0)
 
 
+def test_tile_twins_are_cut_from_the_twin_of_the_whole_square(tmp_path):
+    """A generator that darkens an image's border (as DDPM-LQ, trained on whole DRRs, paints one) marks
+    only the square's outer edge: its tiles' inner edges keep the HQ, and the seed is the image's."""
+    image = textured_images(1, 64, seed=5)
+    save_png16(tmp_path / "x.png", image[0, 0].numpy())
+    one = pd.DataFrame({"image_id": ["x"], "patient_id": ["p"], "split": ["train"], "path": ["x.png"]})
+    seeds = []
+
+    def framing(x, seed):
+        seeds.append(seed)
+        framed = x.clone()
+        framed[..., 0, :] = framed[..., -1, :] = framed[..., :, 0] = framed[..., :, -1] = 0.0
+        return framed
+
+    manifest = build_pairs(one, {"framed": (framing, {})}, tmp_path, tmp_path / "tiles", hq_px=16, lq_px=8, seed=3,
+                           tiles_per_side=2, split_fractions={"train": 0.5, "val": 0.25, "test": 0.25})
+    assert seeds == [3]  # one translation of the whole 16-px square
+    tiles = manifest.set_index("unit_id")
+    top_left = load_png(tmp_path / tiles.loc["x_t00", "lq_path"])
+    bottom_right = load_png(tmp_path / tiles.loc["x_t03", "lq_path"])
+    assert np.all(top_left[0, :] == 0) and np.all(top_left[:, 0] == 0)  # the square's outer edge
+    assert np.all(top_left[-1, 1:] > 0) and np.all(top_left[1:, -1] > 0)  # the edges it shares with other tiles
+    assert np.all(bottom_right[-1, :] == 0) and np.all(bottom_right[0, :-1] > 0)
+
+
 def test_one_patient_is_split_by_tiles_and_many_patients_by_patient(tmp_path):
     image = textured_images(1, 64, seed=11)
     save_png16(tmp_path / "x.png", image[0, 0].numpy())

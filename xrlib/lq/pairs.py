@@ -121,8 +121,10 @@ def build_pairs(
     ``hq_table`` has image_id, patient_id, split and path (16-bit display PNG, relative to ``root``).
     Each image's centre square is resized to ``tiles_per_side * hq_px`` and cut into tiles; units
     and splits come from :func:`pair_units` (``split_fractions`` default 0.7/0.1/0.2). Each generator
-    is (translate, params): the LQ twin of a tile is ``translate(HQ tile at lq_px, seed + tile
-    index)``, its params go to the manifest as JSON. Files: ``output_dir/hq/<tile_id>.png``,
+    is (translate, params): it translates the whole square at ``tiles_per_side * lq_px``,
+    ``translate(square, seed + image index)``, and the twin is cut into the same tiles, so a generator
+    trained on whole DRRs sees a whole chest (translating each tile alone gave every tile a chest's
+    border); its params go to the manifest as JSON. Files: ``output_dir/hq/<tile_id>.png``,
     ``output_dir/<generator>/<tile_id>.png``; the manifest ``output_dir/pairs.csv`` (columns
     :data:`xrlib.data.pairs.PAIR_COLUMNS`, paths relative to ``root``).
     """
@@ -130,19 +132,21 @@ def build_pairs(
         raise ConfigError(f"pairs: lq_px {lq_px} must be smaller than hq_px {hq_px}")
     fractions = split_fractions or {"train": 0.7, "val": 0.1, "test": 0.2}
     units = pair_units(hq_table, tiles_per_side, fractions, seed)
-    rows, tile_index = [], 0
+    rows = []
     bar = progress(desc="pairs", total=len(units), unit="tile")
-    for _, image_units in units.groupby("image_id", sort=False):
+    for image_index, (_, image_units) in enumerate(units.groupby("image_id", sort=False)):
         square = load_square_display(root / image_units.path.iloc[0], hq_px * tiles_per_side)
+        square_small = resize_bicubic(square, (lq_px * tiles_per_side,) * 2)
+        twins = {}
+        for name, (translate, _) in generators.items():
+            twin = translate(square_small, seed + image_index)
+            if twin.shape != square_small.shape:
+                raise DataError(f"generator {name} returned shape {tuple(twin.shape)} for {tuple(square_small.shape)}")
+            twins[name] = cut_tiles(twin.cpu(), tiles_per_side)
         for unit, hq in zip(image_units.itertuples(index=False), cut_tiles(square, tiles_per_side)):
             hq_path = save_png16(output_dir / "hq" / f"{unit.tile_id}.png", hq[0, 0].numpy())
-            hq_small = resize_bicubic(hq, (lq_px, lq_px))
-            tile_seed, tile_index = seed + tile_index, tile_index + 1
-            for name, (translate, params) in generators.items():
-                lq = translate(hq_small, tile_seed)
-                if lq.shape != hq_small.shape:
-                    raise DataError(f"generator {name} returned shape {tuple(lq.shape)} for {tuple(hq_small.shape)}")
-                lq_path = save_png16(output_dir / name / f"{unit.tile_id}.png", lq[0, 0].cpu().numpy())
+            for name, (_, params) in generators.items():
+                lq_path = save_png16(output_dir / name / f"{unit.tile_id}.png", twins[name][unit.tile][0, 0].numpy())
                 rows.append({
                     "pair_id": f"{name}-{unit.tile_id}", "unit_id": unit.unit_id, "split_unit": unit.split_unit,
                     "patient_id": unit.patient_id, "split": unit.split, "generator": name,
