@@ -80,6 +80,19 @@ def test_image_grid_layout_and_zoom_insets():
         figures.image_grid([[image], [image, image]])
 
 
+def test_a_long_row_title_fits_its_row():
+    image = marked_radiograph(64, 64)
+    long_name = "pyradiomics-lung1-aug01-pa-n1 (lost)"
+    fig = figures.image_grid([[image] * 4] * 2, row_titles=[long_name, "case 2"])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titles = [ax.texts[-1] for ax in (fig.axes[0], fig.axes[4])]  # each row's title, its first image's last text
+    assert titles[0].get_text().replace("\n", " ") == long_name and titles[1].get_text() == "case 2"
+    row_height = fig.axes[0].get_window_extent(renderer).height
+    assert titles[0].get_window_extent(renderer).height <= row_height
+    assert titles[0].get_fontsize() < titles[1].get_fontsize()  # only the long one shrank
+
+
 def test_save_figure_writes_pdf_and_png_atomically(tmp_path: Path):
     fig, ax = plt.subplots(figsize=(2.0, 1.0))
     ax.plot([0, 1], [0, 1])

@@ -282,10 +282,27 @@ def image_grid(
             show_radiograph(axes[i, j], image, title=column_titles[j] if column_titles and i == 0 else None)
             if box is not None:
                 add_nodule_zoom(axes[i, j], image, box, window=window)
-        if row_titles:
-            axes[i, 0].text(-0.04, 0.5, row_titles[i], transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center")
     fig.subplots_adjust(wspace=0.02, hspace=0.06)
+    for ax, title in zip(axes[:, 0], row_titles or []):
+        _row_title(ax, title)
     return fig
+
+
+def _row_title(ax: plt.Axes, title: str, min_fontsize: float = 6.0) -> None:
+    """A vertical title left of a gallery row that spans no more than the row's height, so long case names
+    do not run into the next row's: its font shrinks (not below ``min_fontsize``), and if that is not
+    enough it breaks at its spaces and shrinks again."""
+    text = ax.text(-0.04, 0.5, title, transform=ax.transAxes, rotation=90, ha="right", va="center", ma="center")
+    renderer = ax.figure.canvas.get_renderer()
+    row_height = ax.get_window_extent(renderer).height
+    fontsize = text.get_fontsize()
+    for candidate in dict.fromkeys([title, title.replace(" ", "\n")]):
+        text.set_text(candidate)
+        text.set_fontsize(fontsize)
+        while text.get_window_extent(renderer).height > row_height and text.get_fontsize() > min_fontsize:
+            text.set_fontsize(max(min_fontsize, text.get_fontsize() - 0.5))
+        if text.get_window_extent(renderer).height <= row_height:
+            return
 
 
 # ----------------------------------------------------------------------------------------------
