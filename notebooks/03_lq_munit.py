@@ -26,6 +26,7 @@ from xrlib.lq.twins import pair_generators
 from xrlib.models.logs import read_curves
 from xrlib.models.munit import MunitConfig, MunitTraining, style_interpolation, train_munit
 from xrlib.data.pairs import resize_bicubic
+from xrlib.eval.realism import spectra_table
 from xrlib.params import stage_settings
 from xrlib.paths import project_root
 from xrlib.stages import path
@@ -89,6 +90,20 @@ checks = pd.concat([checks, pd.DataFrame([TwinCriteria().verdict(r) for _, r in 
 write_csv_atomic(out / "translation_checks.csv", checks)
 write_json_atomic(path("03_lq_munit.translation_checks"), {r.generator: {k: v for k, v in r._asdict().items() if k != "generator"} for r in checks.itertuples(index=False)})
 checks
+
+# %% [markdown]
+# ### Twins and DRRs on the restorer's input grid
+#
+# The restorer learns to undo what separates each twin from its HQ image, and meets the DRRs at the LQ size. Mean radial spectra at `pairs.lq_px` of the test HQ images brought to that size (the bicubic twins), each generator's test twins, and the DRRs brought whole to the same size: where the twins carry less power than the DRRs, the restorer learns more sharpening than a DRR needs. The DRRs' lowest bins carry their black surround and display contrast, not blur.
+
+# %%
+test_pairs = manifest[manifest.split == "test"]
+grid_sets = {"HQ at the LQ size" if name == "bicubic" else f"{name} twins":
+             load_display_stack([root / p for p in test_pairs.lq_path[test_pairs.generator == name]], pairs_cfg.lq_px)
+             for name in ("bicubic", "ddpm", "munit")}
+grid_sets["DRRs"] = load_display_stack(drr_paths, pairs_cfg.lq_px)
+ax = spectra_table(grid_sets).pivot(index="frequency_cycles_per_px", columns="set", values="power_mean").plot(logy=True, figsize=(5, 3))
+ax.set(xlabel="spatial frequency (cycles/px)", ylabel="power (intensity$^2$ px$^2$)");
 
 # %% [markdown]
 # ## Gallery

@@ -15,6 +15,7 @@ import pandas as pd
 from xrlib import figures as f
 from xrlib.eval import checks
 from xrlib.eval.nodules import nodule_bbox
+from xrlib.models.restorer import perception_distortion
 from xrlib.paper import DEGRADATION_LABELS, METHOD_LABELS
 from xrlib import stats
 from xrlib.io import load_png, write_json_atomic
@@ -136,6 +137,16 @@ curves = {modality: tuple(stats.roc_curve_points(r['truth'], r['rating'])[['fpf'
 written['fig9_readers_roc'] = f.save_figure(f.roc_plot(curves, auc, labels), 'fig9_readers_roc')
 fig = f.forest_plot(cis.rename(columns={'auc': 'mean'}).assign(label=cis['modality'].map(lambda c: labels.get(c, c))), 'label', xlabel='AUC, virtual readers (95% CI)', colour_by='modality')
 written['fig9_readers_auc'] = f.save_figure(fig, 'fig9_readers_auc')
+
+# %% [markdown]
+# ## Figure 10: fidelity against fine scale, by restore steps
+# On the validation pairs 05 chose the step counts from: each restorer's mean SSIM and PSNR against the median spectrum distance of its restorations to their HQ images, through the counts of `restore.indi_steps_sweep` (0: the LQ input). Diffusion restorers take fixed steps and are not swept.
+
+# %%
+sweep = pd.read_csv(path('05_restore.steps_sweep'))
+if len(sweep):
+    fig = f.perception_distortion_plot(perception_distortion(sweep), labels)
+    written['fig10_perception_distortion'] = f.save_figure(fig, 'fig10_perception_distortion')
 
 # %% [markdown]
 # ## Tables

@@ -146,6 +146,23 @@ def test_number_plots_draw_the_given_values():
     assert dict(zip(ax.get_yticks(), (t.get_text() for t in ax.get_yticklabels()))) == {1: "x", 0: "y"}
 
 
+def test_perception_distortion_plot_draws_each_configuration_through_its_step_counts():
+    table = pd.DataFrame({"config": ["a"] * 3 + ["b"] * 2, "steps": [4, 0, 1, 0, 1],
+                          "ssim": [0.6, 0.5, 0.7, 0.5, 0.65], "psnr_db": [26.0, 25.0, 28.0, 25.0, 27.0],
+                          "spectrum_distance": [0.4, 1.5, 1.2, 1.5, 1.3]})
+    fig = figures.perception_distortion_plot(table, labels={"a": "method A"})
+    ssim_axis, psnr_axis = fig.axes
+    assert ssim_axis.lines[0].get_xydata().tolist() == [[1.5, 0.5], [1.2, 0.7], [0.4, 0.6]]  # in step order
+    assert psnr_axis.lines[1].get_xydata().tolist() == [[1.5, 25.0], [1.3, 27.0]]
+    assert [t.get_text() for t in ssim_axis.texts[:3]] == ["input", "1", "4"]
+    assert [t.get_text() for t in ssim_axis.get_legend().get_texts()] == ["method A", "b"]
+    assert ssim_axis.lines[0].get_color() != ssim_axis.lines[1].get_color()
+    with_fixed = pd.concat([table.assign(config=table.config.map({"a": "bicubic_baseline", "b": "b"})),
+                            table[table.config == "b"].assign(config="c")])
+    colours = [line.get_color() for line in figures.perception_distortion_plot(with_fixed).axes[0].lines]
+    assert colours[0] == figures.SERIES_COLOURS["bicubic_baseline"] and len(set(colours)) == 3
+
+
 def test_roc_plot_draws_curves_on_the_unit_square():
     fig = figures.roc_plot({"drr": (np.array([0, 0.5, 1]), np.array([0, 0.8, 1]))}, auc={"drr": 0.65})
     ax = fig.axes[0]

@@ -9,12 +9,13 @@ spread s (InDI's iteration is the Euler scheme of the bridge's marginal-preservi
 
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from xrlib.errors import ConfigError, DataError
-from xrlib.models.restorer import choose_restore_steps, restore, restore_condition
+from xrlib.models.restorer import choose_restore_steps, perception_distortion, restore, restore_condition
 from xrlib.models.sampling import diffusion_process, indi_loss, indi_restore, to_diffusion_space
 from xrlib.models.unet import diffusion_loss_fn
 from xrlib.params import check_params, load_params
@@ -154,6 +155,22 @@ def test_the_step_count_with_the_best_ssim_among_those_beating_the_input_in_psnr
         choose_restore_steps(sweep_table({1: (1, 1)}).drop(columns="input_ssim"))
 
 
+def test_perception_distortion_puts_the_input_at_step_zero_and_summarises_each_step_count():
+    sweep = sweep_table({1: (1.0, 0.02), 4: (0.2, -0.01)}).assign(config="a")
+    sweep["input_spectrum_distance"], sweep["input_high_frequency_fraction"], sweep["hq_high_frequency_fraction"] = 1.5, 1e-4, 1e-3
+    sweep["spectrum_distance"] = sweep.steps.map({1: 1.0, 4: 0.4}) + 0.1 * sweep.pair_id.str[1:].astype(int)
+    sweep["high_frequency_fraction"] = sweep.steps.map({1: 2e-4, 4: 8e-4})
+    table = perception_distortion(sweep).set_index("steps")
+    assert list(table.index) == [0, 1, 4] and (table.config == "a").all() and (table.pairs == 3).all()
+    assert table.loc[0, "psnr_db"] == pytest.approx(21.0) and table.loc[0, "ssim"] == pytest.approx(0.5)
+    assert table.loc[0, "spectrum_distance"] == pytest.approx(1.5) and table.loc[0, "high_frequency_ratio"] == pytest.approx(0.1)
+    assert table.loc[1, "psnr_db"] == pytest.approx(22.0) and table.loc[4, "ssim"] == pytest.approx(0.49)
+    assert table.loc[1, "spectrum_distance"] == pytest.approx(1.1) and table.loc[4, "spectrum_distance"] == pytest.approx(0.5)  # medians
+    assert table.loc[4, "high_frequency_ratio"] == pytest.approx(0.8)
+    with pytest.raises(DataError, match="spectrum_distance.*rerun 05"):
+        perception_distortion(sweep.drop(columns="spectrum_distance"))
+
+
 def write_val_pairs(root, n=3):
     """A pair manifest of ``n`` validation pairs (HQ 16 px, bicubic LQ 8 px) written as PNGs under ``root``."""
     from xrlib.data.pairs import PAIR_COLUMNS, resize_bicubic
@@ -183,6 +200,10 @@ def test_validation_sweep_scores_each_step_count_against_the_input_and_diffusion
     assert len(sweep) == 6 and sorted(sweep.steps.unique()) == [1, 4]
     # 16-bit PNG rounding apart, a zero residual scores exactly as its input
     assert (sweep.psnr_db - sweep.input_psnr_db).abs().max() < 1e-6
+    np.testing.assert_allclose(sweep.spectrum_distance, sweep.input_spectrum_distance, atol=1e-4)
+    np.testing.assert_allclose(sweep.high_frequency_fraction, sweep.input_high_frequency_fraction, rtol=1e-3)
+    assert (sweep.spectrum_distance > 0).all()  # bicubic blur: the input lacks the HQ's fine-scale power
+    assert (sweep.high_frequency_fraction < sweep.hq_high_frequency_fraction).all()
     assert sweep.input_psnr_db.between(10, 60).all() and sweep.input_ssim.between(0, 1).all()
     steps, table = validated_steps(zero, config, tmp_path, [1, 4], default_steps=20)
     assert steps in (1, 4) and len(table) == 6

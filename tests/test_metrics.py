@@ -16,7 +16,7 @@ from xrlib.eval.fid import frechet_and_kernel_distance, inception_feature_extrac
 from xrlib.eval.images import DATA_RANGE, batch_of, load_image_batch, resize_images
 from xrlib.eval.nodules import LostRule, nodule_bbox, nodule_contrast, nodule_peak_px, nodule_preservation, nodule_preservation_table, nodule_signal_template, npw_dprime, npw_dprime_white_noise, scale_nodule_coordinates, summarise_nodules
 from xrlib.eval.quality import MS_SSIM_BETAS, image_quality_table, ms_ssim, ms_ssim_scales, psnr_db, quality_table_from_pairs, ssim
-from xrlib.eval.realism import GAUSSIAN_10_90_RISE_PER_SIGMA, edge_rise_distance_px, high_frequency_power_fraction, low_pass_correlation, intensity_wasserstein, log_spectrum_distance, noise_power_spectrum, radial_power_spectrum, realism_table, sample_paths, set_spectrum_distances, spectra_table, summarise_realism
+from xrlib.eval.realism import GAUSSIAN_10_90_RISE_PER_SIGMA, edge_rise_distance_px, high_frequency_power_fraction, low_pass_correlation, intensity_wasserstein, log_spectrum_distance, noise_power_spectrum, radial_power_spectrum, realism_table, sample_paths, set_spectrum_distances, spectra_table, spectrum_distance_to_reference, summarise_realism
 from xrlib.paper import PUBLISHED_CITATION, beside_published, published_table
 from xrlib.stats.units import paired_method_test, paired_method_tests, statistical_unit, summarise_metrics, unit_bootstrap_ci
 from xrlib.errors import ConfigError, DataError, GeometryError
@@ -236,6 +236,20 @@ def test_high_frequency_power_fraction_of_white_noise_and_blur():
         high_frequency_power_fraction(noise, 0.9)
     with pytest.raises(DataError, match="constant"):
         high_frequency_power_fraction(torch.ones(1, 1, 16, 16), 0.25)
+
+
+def test_spectrum_distance_to_reference_is_zero_for_the_reference_and_counts_gain_and_blur():
+    rng = np.random.default_rng(3)
+    films = torch.from_numpy(rng.normal(0.5, 0.1, (3, 1, 64, 64)))
+    np.testing.assert_allclose(spectrum_distance_to_reference(films, films), 0.0, atol=1e-12)
+    # twice the contrast: 4x the power at every frequency, 2 log10(2) decades
+    np.testing.assert_allclose(spectrum_distance_to_reference(0.5 + 2 * (films - 0.5), films), 2 * math.log10(2), atol=1e-9)
+    blurred = torch.from_numpy(ndimage.gaussian_filter(films.numpy(), (0, 0, 1.5, 1.5)))
+    assert (spectrum_distance_to_reference(blurred, films) > 1.0).all()  # the high half loses decades of power
+    small = spectrum_distance_to_reference(films[..., :8, :8], films[..., :8, :8])  # bins shrink to 4 for 8 px
+    np.testing.assert_allclose(small, 0.0, atol=1e-12)
+    with pytest.raises(DataError, match="shape"):
+        spectrum_distance_to_reference(films, films[..., :32])
 
 
 def test_low_pass_correlation_keeps_anatomy_and_ignores_fine_detail():

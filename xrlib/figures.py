@@ -36,6 +36,8 @@ SERIES_COLOURS = {
     "lq_input": "#7F7F7F",
     "real_xray": OKABE_ITO[7],
     "drr": OKABE_ITO[4],
+    "ddpm": OKABE_ITO[2],
+    "munit": OKABE_ITO[5],
     "restored_drr": OKABE_ITO[0],
     "published": OKABE_ITO[3],
 }
@@ -363,6 +365,33 @@ def spectra_plot(
     ax.set_xlabel("spatial frequency (cycles/px)")
     ax.set_ylabel(ylabel)
     ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def perception_distortion_plot(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> plt.Figure:
+    """SSIM and PSNR (distortion) against the spectrum distance to the HQ images (perception), one line per
+    configuration through its step counts, each point labelled with its count (0: the LQ input).
+
+    ``table``: config, steps, ssim, psnr_db, spectrum_distance (:func:`xrlib.models.restorer.perception_distortion`).
+    The ideal corner is top left: the HQ image's fine scale at full fidelity (Blau and Michaeli, CVPR 2018).
+    """
+    labels = labels or {}
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN["double"], 2.8))
+    configs = list(dict.fromkeys(table["config"].astype(str)))
+    fixed = {config: SERIES_COLOURS[config] for config in configs if config in SERIES_COLOURS}
+    free = iter([colour for colour in OKABE_ITO if colour not in fixed.values()] * len(configs))
+    colours = {config: fixed.get(config) or next(free) for config in configs}  # one distinct colour per configuration
+    for ax, metric, name in zip(axes, ("ssim", "psnr_db"), ("SSIM", "PSNR (dB)")):
+        for config, curve in table.sort_values("steps").groupby("config", sort=False):
+            ax.plot(curve["spectrum_distance"], curve[metric], marker="o", ms=4, color=colours[str(config)],
+                    label=labels.get(config, config))
+            for row in curve.itertuples():
+                ax.annotate("input" if row.steps == 0 else f"{row.steps:g}", (row.spectrum_distance, getattr(row, metric)),
+                            textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.set_xlabel("spectrum distance to HQ (decades)")
+        ax.set_ylabel(f"{name}, validation pairs")
+    axes[0].legend(frameon=False, fontsize=7)
     fig.tight_layout()
     return fig
 

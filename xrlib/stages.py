@@ -137,7 +137,7 @@ STAGES: tuple[Stage, ...] = (
           reads=("06_metrics.folder", "06_metrics.metrics", "07_readers.folder", "03_lq_munit.pairs",
                  "03_lq_munit.translation_checks",
                  "03_lq_munit.pairs_folder", "01_drr.drr", "01_drr.drr_nodule_free", "05_restore.restored_drr",
-                 "05_restore.restored_drr_nodule_free", "05_restore.restored_test"),
+                 "05_restore.restored_drr_nodule_free", "05_restore.restored_test", "05_restore.steps_sweep"),
           writes={"figures": "paper/figures", "tables": "paper/tables",
                   "method_checks": "outputs/metrics/08_method_checks.json",
                   "claims": "paper/claims.md", "claims_metrics": "outputs/metrics/08_claims.json"},

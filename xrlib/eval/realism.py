@@ -101,6 +101,21 @@ def high_frequency_power_fraction(images: torch.Tensor, cutoff_cycles_per_px: fl
     return power[:, radius > cutoff_cycles_per_px].sum(axis=1) / total
 
 
+def spectrum_distance_to_reference(images: torch.Tensor, references: torch.Tensor, n_bins: int = 32) -> np.ndarray:
+    """Per pair: :func:`log_spectrum_distance` of each image's radial spectrum to its reference's, in decades.
+
+    0 = the same power at every scale; blur shows as missing power at high frequencies, sampled
+    texture that is too strong as excess. ``n_bins`` shrinks to half the side for small images.
+    """
+    a, b = as_numpy(images), as_numpy(references, "references")
+    if a.shape != b.shape:
+        raise DataError(f"spectrum_distance_to_reference needs images of one shape, got {a.shape} and {b.shape}")
+    n_bins = min(n_bins, min(a.shape[-2:]) // 2)
+    _, power_a = radial_power_spectrum(images, n_bins)
+    _, power_b = radial_power_spectrum(references, n_bins)
+    return np.array([log_spectrum_distance(pa, pb) for pa, pb in zip(power_a, power_b)])
+
+
 def low_pass_correlation(images: torch.Tensor, references: torch.Tensor, sigma_px: float = 4.0) -> np.ndarray:
     """Pearson correlation of the Gaussian low-passes (sigma ``sigma_px``, scipy, reflect edges) of image pairs.
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from xrlib.errors import ConfigError, DataError
 from xrlib.eval.quality import psnr_db, ssim
+from xrlib.eval.realism import high_frequency_power_fraction, spectrum_distance_to_reference
 from xrlib.io import load_png, save_png16
 from xrlib.data.pairs import PairDataset, from_model_range, read_pairs, resize_bicubic, to_model_range
 from xrlib.params import RestorerSettings, check_params, deep_merge, load_params
@@ -161,10 +162,14 @@ def steps_sweep(
     seed: int = 0,
     **restore_kwargs: Any,
 ) -> pd.DataFrame:
-    """PSNR and SSIM against the HQ image of each pair of ``manifest`` restored in each of ``steps_options`` steps,
+    """Distortion and fine scale of each pair of ``manifest`` restored in each of ``steps_options`` steps,
     beside its bicubic-upsampled LQ input's (the "LQ input" row of the paper's table).
 
-    Columns: pair_id, patient_id (if the manifest has it), steps, psnr_db, ssim, input_psnr_db, input_ssim.
+    Columns: pair_id, patient_id (if the manifest has it), steps, psnr_db, ssim, spectrum_distance (log-RMS
+    distance of the restoration's radial spectrum to its HQ image's, decades), high_frequency_fraction, and
+    the input's input_psnr_db, input_ssim, input_spectrum_distance, input_high_frequency_fraction, with
+    hq_high_frequency_fraction: the
+    perception-distortion trade-off of the step count (:func:`perception_distortion`).
     Each image keeps its own seed (:func:`image_seed`) whatever the step count.
     """
     if not len(manifest):
@@ -176,7 +181,10 @@ def steps_sweep(
         lq_image = torch.from_numpy(load_png(root / pair.lq_path))[None, None]
         hq_image = torch.from_numpy(load_png(root / pair.hq_path))[None, None]
         upsampled = resize_bicubic(lq_image, tuple(hq_image.shape[-2:])).clamp(0, 1)
-        baseline = {"input_psnr_db": float(psnr_db(upsampled, hq_image)[0]), "input_ssim": float(ssim(upsampled, hq_image)[0])}
+        baseline = {"input_psnr_db": float(psnr_db(upsampled, hq_image)[0]), "input_ssim": float(ssim(upsampled, hq_image)[0]),
+                    "input_spectrum_distance": float(spectrum_distance_to_reference(upsampled, hq_image)[0]),
+                    "input_high_frequency_fraction": float(high_frequency_power_fraction(upsampled)[0]),
+                    "hq_high_frequency_fraction": float(high_frequency_power_fraction(hq_image)[0])}
         for steps in steps_options:
             generator = torch.Generator(device=device).manual_seed(image_seed(seed, pair.pair_id))
             restored = restore(model, model_config, lq_image.to(device), steps=int(steps), generator=generator,
@@ -186,7 +194,9 @@ def steps_sweep(
                                 f"{tuple(hq_image.shape[-2:])}; the pair sizes do not match the model's scale")
             rows.append({"pair_id": pair.pair_id, "patient_id": getattr(pair, "patient_id", pair.pair_id),
                          "steps": int(steps), "psnr_db": float(psnr_db(restored, hq_image)[0]),
-                         "ssim": float(ssim(restored, hq_image)[0]), **baseline})
+                         "ssim": float(ssim(restored, hq_image)[0]),
+                         "spectrum_distance": float(spectrum_distance_to_reference(restored, hq_image)[0]),
+                         "high_frequency_fraction": float(high_frequency_power_fraction(restored)[0]), **baseline})
     return pd.DataFrame(rows)
 
 
@@ -213,6 +223,28 @@ def choose_restore_steps(sweep: pd.DataFrame) -> pd.Series:
         return pd.concat([means.loc[best], pd.Series({"steps": best, "chosen": "highest SSIM beating the input in PSNR"})])
     best = means.psnr_gain_db.idxmax()
     return pd.concat([means.loc[best], pd.Series({"steps": best, "chosen": "highest PSNR gain (none beats input)"})])
+
+
+def perception_distortion(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration (if the sweep has ``config``) and step count: mean PSNR and SSIM (distortion), median
+    spectrum distance to the HQ images and median high-frequency fraction over the HQ images' (perception:
+    0 decades and 1 match the films' fine scale), from :func:`steps_sweep` rows. The LQ input is step 0.
+
+    Blau and Michaeli (CVPR 2018): no restoration is best at both; more InDI steps move along the curve.
+    """
+    needed = {"steps", "psnr_db", "ssim", "spectrum_distance", "high_frequency_fraction", "input_psnr_db",
+              "input_ssim", "input_spectrum_distance", "input_high_frequency_fraction", "hq_high_frequency_fraction"}
+    if missing := needed - set(sweep.columns):
+        raise DataError(f"perception_distortion: the sweep lacks {sorted(missing)} (rerun 05_restore)")
+    keys = ["config"] if "config" in sweep.columns else []
+    rows = sweep.assign(high_frequency_ratio=sweep.high_frequency_fraction / sweep.hq_high_frequency_fraction)
+    inputs = sweep.drop_duplicates(keys + ["pair_id"]).assign(
+        steps=0, psnr_db=lambda d: d.input_psnr_db, ssim=lambda d: d.input_ssim,
+        spectrum_distance=lambda d: d.input_spectrum_distance,
+        high_frequency_ratio=lambda d: d.input_high_frequency_fraction / d.hq_high_frequency_fraction)
+    table = pd.concat([inputs, rows], ignore_index=True).groupby(keys + ["steps"])
+    return table.agg(psnr_db=("psnr_db", "mean"), ssim=("ssim", "mean"), spectrum_distance=("spectrum_distance", "median"),
+                     high_frequency_ratio=("high_frequency_ratio", "median"), pairs=("pair_id", "nunique")).reset_index()
 
 
 def validated_steps(
