@@ -80,7 +80,7 @@ manifest.groupby(["generator", "split"]).size().unstack()
 # %% [markdown]
 # ## Does each translation do what the paper needs?
 #
-# On the held-out (test) images. `spectrum_distance_ratio`: the twins' spectrum distance to the DRRs over the HQ images' (below 0.5: the twins reached the DRR domain); `spectrum_fraction` and `sharpness_fraction`: how far the twin moved from the HQ value toward the DRR value (0 = unchanged, 1 = as a DRR), measured at the HQ size. `low_pass_ssim`: SSIM of the Gaussian low-passes of twin and HQ (1 = anatomy fully kept; the bar is 0.85). The bicubic baseline is listed for reference.
+# On the held-out (test) images. `spectrum_distance_ratio`: the twins' spectrum distance to the DRRs over the HQ images' (below 0.5: the twins reached the DRR domain); `spectrum_fraction` and `sharpness_fraction`: how far the twin moved from the HQ value toward the DRR value (0 = unchanged, 1 = as a DRR), measured at the HQ size. `low_pass_ssim`: SSIM of the Gaussian low-passes of twin and HQ (1 = anatomy fully kept; the bar is 0.85). `mid_band_offset_to_drr` and `finest_band_offset_to_drr` (decades, signed; 0.1-0.35 and 0.35-0.5 cycles/px at the twin size): the twins' spectrum shape minus the DRRs' (negative: blurrier than the DRRs; positive: noise or artefacts the DRRs lack), which the ratio, an average over bins, cannot tell apart. The bicubic baseline is listed for reference.
 
 # %%
 # the DRRs the twins are compared with, read at the HQ size from their own grid (not MUNIT's training stack upsampled: that loses their top octave)

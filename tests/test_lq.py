@@ -21,6 +21,7 @@ from xrlib.lq.checks import (
     sharpness,
     spectrum_shape,
     translation_report,
+    band_offsets,
 )
 from xrlib.lq.pairs import body_square, build_pairs, load_display_stack
 from xrlib.lq.twins import bicubic_twin, ddpm_translate
@@ -113,6 +114,21 @@ def test_blur_moves_the_spectrum_and_sharpness_toward_a_blurred_reference():
     # a twin blurred at its own size does move, and the DRR grid follows the twin's
     blurred_small = translation_report(hq, gaussian_blur(resize_bicubic(hq, (32, 32)), 1.0), drrs, 3.0)
     assert blurred_small["spectrum_fraction"] > 0.3
+
+
+def test_band_offsets_tell_a_twin_blurrier_than_the_drrs_from_one_with_artefact_noise():
+    hq, drrs = textured_images(6, 64, seed=2), gaussian_blur(textured_images(6, 64, seed=3), 2.0)
+    at_drr = translation_report(hq, resize_bicubic(gaussian_blur(hq, 2.0), (32, 32)), drrs, 3.0)
+    too_blurred = translation_report(hq, resize_bicubic(gaussian_blur(hq, 2.5), (32, 32)), drrs, 3.0)
+    noise = 0.02 * torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    noisy = translation_report(hq, (resize_bicubic(gaussian_blur(hq, 2.0), (32, 32)) + noise).clamp(0, 1), drrs, 3.0)
+    assert abs(at_drr["mid_band_offset_to_drr"]) < 0.2 and abs(at_drr["finest_band_offset_to_drr"]) < 0.2
+    # blurrier than the DRRs, most of all in the finest band, yet passed by the ratio (an average over bins)
+    assert too_blurred["mid_band_offset_to_drr"] < -0.3 and too_blurred["finest_band_offset_to_drr"] < -1.0
+    assert TwinCriteria().verdict(too_blurred)["reached_drr_domain"]
+    assert noisy["finest_band_offset_to_drr"] > 1.0 and noisy["finest_band_offset_to_drr"] > noisy["mid_band_offset_to_drr"]
+    flat = torch.zeros(16)
+    assert band_offsets(flat + 1, flat) == {"mid": pytest.approx(1.0), "finest": pytest.approx(1.0)}
 
 
 def test_the_drr_reference_read_through_a_coarser_grid_loses_its_top_octave():

@@ -80,6 +80,21 @@ def spectrum_shape_distance(shape_a: torch.Tensor, shape_b: torch.Tensor) -> flo
     return float(torch.sqrt(torch.mean((shape_a - shape_b) ** 2)))
 
 
+SPECTRUM_BANDS_CYCLES_PER_PX = {"mid": (0.1, 0.35), "finest": (0.35, 0.5)}
+"""Bands of :func:`band_offsets` at the twins' size: structures of 3-10 px (blur shows here) and the top of the band (noise, artefacts)."""
+
+
+def band_offsets(shape_a: torch.Tensor, shape_b: torch.Tensor) -> dict[str, float]:
+    """Mean of ``shape_a - shape_b`` (two :func:`spectrum_shape` curves on the same bins) over each band of
+    :data:`SPECTRUM_BANDS_CYCLES_PER_PX`, in decades, signed: negative = ``a`` has less relative power there
+    (blurrier), positive = more. Unlike :func:`spectrum_shape_distance` it tells overshoot from shortfall.
+    """
+    frequency = (torch.arange(len(shape_a)) + 1) * 0.5 / len(shape_a)
+    difference = (shape_a - shape_b).to(torch.float64)
+    return {name: float(difference[(frequency >= low) & (frequency <= high)].mean())
+            for name, (low, high) in SPECTRUM_BANDS_CYCLES_PER_PX.items()}
+
+
 def translation_report(hq_display: torch.Tensor, lq_display: torch.Tensor, drr_display: torch.Tensor, low_pass_sigma_px: float) -> dict[str, float]:
     """How far LQ twins moved from their HQ images toward the DRR domain, and how much anatomy they kept.
 
@@ -94,7 +109,9 @@ def translation_report(hq_display: torch.Tensor, lq_display: torch.Tensor, drr_d
     ``*_fraction`` = :func:`fraction_moved` (0 HQ, 1 DRR). ``spectrum_distance_{hq,lq}_to_drr``:
     :func:`spectrum_shape_distance` of the HQ images and of the twins to the DRRs;
     ``spectrum_distance_ratio`` the second over the first (below 1: the twins are nearer the DRR
-    domain than their HQ images).
+    domain than their HQ images). ``{mid,finest}_band_offset_to_drr``: :func:`band_offsets` of the twins'
+    spectrum shape from the DRRs' (negative mid: the twins are blurrier than the DRRs; positive finest:
+    they carry noise or artefacts the DRRs do not), which the ratio, an average over bins, cannot tell apart.
     """
     size = hq_display.shape[-1]
     if lq_display.shape[0] != hq_display.shape[0]:
@@ -116,6 +133,7 @@ def translation_report(hq_display: torch.Tensor, lq_display: torch.Tensor, drr_d
         "sharpness_lq": float(sharp["lq"]),
         "sharpness_drr": float(sharp["drr"]),
         "low_pass_ssim": float(low_pass_ssim(lq, hq_display, low_pass_sigma_px).mean()),
+        **{f"{band}_band_offset_to_drr": offset for band, offset in band_offsets(spectra["lq"], spectra["drr"]).items()},
     }
 
 
