@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from xrlib.errors import ConfigError, DataError
-from xrlib.models.restorer import choose_restore_steps, perception_distortion, restore, restore_condition
+from xrlib.models.restorer import choose_drr_steps, choose_restore_steps, perception_distortion, restore, restore_condition
 from xrlib.models.sampling import diffusion_process, indi_loss, indi_restore, to_diffusion_space
 from xrlib.models.unet import diffusion_loss_fn
 from xrlib.params import check_params, load_params
@@ -155,6 +155,22 @@ def test_the_step_count_with_the_best_ssim_among_those_beating_the_input_in_psnr
         choose_restore_steps(sweep_table({1: (1, 1)}).drop(columns="input_ssim"))
 
 
+def test_drrs_take_the_most_steps_within_the_psnr_budget_of_the_fidelity_choice():
+    # PSNR gains over the input by steps 1..4: 1.0, 0.7, 0.33, 0.1 (the released restorer's curve, roughly)
+    sweep = sweep_table({1: (1.0, 0.01), 2: (0.7, -0.005), 3: (0.33, -0.02), 4: (0.1, -0.035)})
+    chosen = choose_drr_steps(sweep, 1, 0.75)
+    assert chosen["steps"] == 3 and chosen["psnr_cost_db"] == pytest.approx(0.67)  # 4 costs 0.9 dB
+    assert choose_drr_steps(sweep, 1, 0.0)["steps"] == 1  # no budget: the fidelity end
+    assert choose_drr_steps(sweep, 1, 0.9)["steps"] == 4  # exactly at the budget counts
+    assert choose_drr_steps(sweep, 1, 5.0)["steps"] == 4  # the sweep's largest count caps it
+    # never fewer steps than the fidelity choice, even where fewer would cost nothing
+    assert choose_drr_steps(sweep_table({1: (1.0, 0.0), 2: (0.2, 0.01)}), 2, 0.0)["steps"] == 2
+    with pytest.raises(ConfigError, match="drr_psnr_budget_db"):
+        choose_drr_steps(sweep, 1, -0.1)
+    with pytest.raises(DataError, match="no row for the fidelity choice"):
+        choose_drr_steps(sweep, 8, 0.5)
+
+
 def test_perception_distortion_puts_the_input_at_step_zero_and_summarises_each_step_count():
     sweep = sweep_table({1: (1.0, 0.02), 4: (0.2, -0.01)}).assign(config="a")
     sweep["input_spectrum_distance"], sweep["input_high_frequency_fraction"], sweep["hq_high_frequency_fraction"] = 1.5, 1e-4, 1e-3
@@ -206,10 +222,13 @@ def test_validation_sweep_scores_each_step_count_against_the_input_and_diffusion
     assert (sweep.high_frequency_fraction < sweep.hq_high_frequency_fraction).all()
     assert sweep.input_psnr_db.between(10, 60).all() and sweep.input_ssim.between(0, 1).all()
     steps, table = validated_steps(zero, config, tmp_path, [1, 4], default_steps=20)
-    assert steps in (1, 4) and len(table) == 6
+    assert len(table) == 6 and steps["test_pairs"] in (1, 4)  # every count scores as the input (to rounding)
+    assert steps["drrs"] == steps["test_pairs"]  # no PSNR budget: DRRs at the test pairs' count
+    # a zero residual costs no PSNR at any count, so any budget takes the sweep's largest for DRRs
+    assert validated_steps(zero, config, tmp_path, [1, 4], 20, drr_psnr_budget_db=0.5)[0]["drrs"] == 4
     diffusion = {**config, "schedule": {"prediction_type": "epsilon"}}
-    assert validated_steps(zero, diffusion, tmp_path, [1, 4], default_steps=20)[0] == 20
+    assert validated_steps(zero, diffusion, tmp_path, [1, 4], default_steps=20)[0] == {"test_pairs": 20, "drrs": 20}
     no_val = {**config, "data": {"generator": "munit", "pairs": "pairs.csv"}}
-    assert validated_steps(zero, no_val, tmp_path, [1, 4], default_steps=20)[0] == 20
+    assert validated_steps(zero, no_val, tmp_path, [1, 4], default_steps=20)[0] == {"test_pairs": 20, "drrs": 20}
     with pytest.raises(DataError, match="no pairs"):
         steps_sweep(zero, config, manifest.iloc[:0], tmp_path, [1])

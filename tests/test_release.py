@@ -52,7 +52,8 @@ def test_manifest_records_files_config_run_data_and_metrics(release):
     assert restorer["steps"] == 4 and restorer["config"]["scale"] == 2
     assert restorer["config"]["unet"]["block_out_channels"] == [8, 16]
     # steps: those 05 restored with (chosen_steps.json; restore.steps, 3, where 05 chose none)
-    assert restorer["usage"] == {"sampler": "ddim", "steps": 2, "strength": 1.0, "input_px": 32, "display_unsharp_amount": 0.0}
+    assert restorer["usage"] == {"sampler": "ddim", "steps": 2, "test_pair_steps": 1, "strength": 1.0, "input_px": 32,
+                                 "display_unsharp_amount": 0.0}
     assert restorer["metrics"] == {"munit/bicubic_baseline": {"psnr_db": 21.5, "ssim": 0.6},
                                    "ddpm/bicubic_baseline": {"psnr_db": 22.0, "ssim": 0.5}}
     assert manifest["models"]["ddpm_lq"]["steps"] == 3 and manifest["models"]["ddpm_lq"]["metrics"] == {"low_pass_ssim": 0.95}

@@ -1,5 +1,6 @@
 """``xrlib restore``: PNG (8/16-bit, any aspect), .npy line integrals and DICOM restored with released weights."""
 
+import warnings
 import json
 
 import numpy as np
@@ -204,3 +205,18 @@ def test_a_diffusion_restorer_given_by_path_samples_with_its_sampler(released, t
     assert record["restorer_input_size"] == [11, 16] and record["output_size"] == [22, 32]
     assert record["weights_sha256"] == sha256_file(tmp_path / "paper.safetensors")
     assert load_png(tmp_path / "out" / "a.png").shape == (22, 32)
+
+
+def test_a_weights_file_without_steps_or_size_warns_which_defaults_it_takes(released, tmp_path):
+    """A weights file records no sampling settings (a release does): its defaults must not pass silently."""
+    save_png16(tmp_path / "a.png", ramp_image(20, 30))
+    weights = str(released / "models" / "bicubic_baseline.safetensors")
+    with pytest.warns(UserWarning, match=r"--steps 20 and each input at its own size.*chosen_steps.json"):
+        record = restore_paths([tmp_path / "a.png"], tmp_path / "out", weights=weights, device="cpu", progress=False)[0]
+    assert record["steps"] == 20 and record["restorer_input_size"] == [20, 30]
+    with pytest.warns(UserWarning, match=r"using each input at its own size\."):
+        restore_paths([tmp_path / "a.png"], tmp_path / "out2", weights=weights, steps=1, device="cpu", progress=False)
+    with warnings.catch_warnings(record=True) as caught:  # both given: nothing to warn of
+        warnings.simplefilter("always")
+        restore_paths([tmp_path / "a.png"], tmp_path / "out3", weights=weights, steps=1, input_px=16, device="cpu", progress=False)
+    assert not [w for w in caught if "weights file" in str(w.message)]

@@ -75,7 +75,7 @@ def make_tiny_run(root: Path, params: dict | None = None) -> dict:
     munit = settings["lq_munit"]
     train_munit(smooth_images(2, 16, 2), smooth_images(2, 16, 3), MunitConfig(**munit.model),
                 MunitTraining(**munit.train, seed=munit.seed), stages.path("03_lq_munit.run", root=root) / "checkpoints")
-    write_json_atomic(stages.path("05_restore.chosen_steps", root=root), {"bicubic_baseline": 2})  # 05's InDI steps
+    write_json_atomic(stages.path("05_restore.chosen_steps", root=root), {"bicubic_baseline": {"drrs": 2, "test_pairs": 1}})  # 05's InDI steps
     write_json_atomic(root / "outputs/metrics/06_metrics.json", {
         "quality": {"munit/bicubic_baseline": {"psnr_db": 21.5, "ssim": 0.6}, "ddpm/bicubic_baseline": {"psnr_db": 22.0, "ssim": 0.5},
                     "munit/diffusionxray": {"psnr_db": 23.0, "ssim": 0.7}}, "split_unit": "patient"})

@@ -169,11 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--out", required=True, help="folder for <stem>.png (16-bit) and <stem>.json")
     restore.add_argument("--weights", default="released",
                          help="released (models/, its default restorer), released:NAME, a release folder or a .safetensors file")
-    restore.add_argument("--steps", type=int, help="InDI or sampling steps (default: the release's, those 05 used)")
+    restore.add_argument("--steps", type=int, help="InDI or sampling steps (default: the release's, those 05 restored DRRs with; a weights file: 20)")
     restore.add_argument("--sampler", choices=("ddpm", "ddim", "dpm_solver"),
                          help="sampler of a diffusion restorer (default: the release's; an InDI restorer takes none)")
     restore.add_argument("--seed", type=int, default=0, help="seed (each image's own seed is drawn from it and its name)")
-    restore.add_argument("--input-px", type=int, help="resize each input so its longer side is this (default: the release's)")
+    restore.add_argument("--input-px", type=int, help="resize each input so its longer side is this (default: the release's; a weights file: its own size)")
     restore.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     restore.add_argument("--batch-size", type=int, help="images per batch (default: 8 on a GPU, 1 on a CPU)")
     restore.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -411,7 +411,11 @@ class RestoreSettings:
     strength: float = setting(1.0, above=0.0, high=1.0)
     """1: sample from pure noise; below 1: start from the upsampled input noised that far (CCDF)."""
     indi_steps_sweep: Optional[list[int]] = setting(None, low=1)
-    """InDI restorers: step counts tried on validation pairs; 05 keeps the largest that beats the input (null: ``steps``)."""
+    """InDI restorers: step counts tried on validation pairs; the test pairs are restored with the one of highest
+    SSIM among those beating the input in PSNR (null: ``steps``)."""
+    drr_psnr_budget_db: float = setting(0.0, low=0.0)
+    """InDI restorers: DRRs are restored with the most steps of ``indi_steps_sweep`` whose validation PSNR stays
+    within this many dB of the test pairs' count (0: the same count)."""
     batch_size: int = setting(low=1)
     input_px: Optional[int] = setting(None, low=8)
     zoom_px: int = setting(low=1)

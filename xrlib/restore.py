@@ -25,6 +25,7 @@ Images of one size are batched (a batch of ``batch_size``, default 8 on a GPU an
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -163,7 +164,7 @@ def load_restorer(weights: str = "released", device: str | torch.device = "cpu",
             raise CheckpointError(f"{path}: no such weights file; give a restorer's .safetensors, a release folder, or 'released'")
         check_restorer_config(path, read_config(path))
         model, config = load_model(path, device=device)
-        return Restorer(model, config, sha256_file(path), str(path), dict(DEFAULT_USAGE))
+        return Restorer(model, config, sha256_file(path), str(path), {**DEFAULT_USAGE, "from_file": True})
     model, config, entry = load_released(name, folder, device)
     check_restorer_config(folder / entry["file"], config)
     return Restorer(model, config, entry["sha256"], f"{folder.name}/{entry['file']}", {**DEFAULT_USAGE, **entry.get("usage", {})})
@@ -218,6 +219,11 @@ def restore_paths(
     where = pick_device(device)
     restorer = load_restorer(weights, where, root)
     usage = restorer.usage
+    if usage.get("from_file") and (steps is None or input_px is None):
+        defaults = ([f"--steps {usage['steps']}"] if steps is None else []) + (["each input at its own size"] if input_px is None else [])
+        warnings.warn(f"{restorer.source}: a weights file records no sampling settings; using {' and '.join(defaults)}. "
+                      "Pass what its run used (its outputs/05_restore/chosen_steps.json and restore.input_px) "
+                      "or give a release folder", stacklevel=2)
     sampler, steps = sampler or usage["sampler"], int(steps or usage["steps"])
     input_px = input_px or usage.get("input_px")
     strength = float(usage.get("strength", 1.0))

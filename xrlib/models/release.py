@@ -119,10 +119,13 @@ def export_restorer(settings: Mapping[str, Any], name: str, profile: str, root: 
     model = build_model("restorer", config)
     load_weights(run["checkpoint"] / "ema.safetensors", model, config)
     restore = settings["restore"]
-    chosen = stages.path("05_restore.chosen_steps", root=root)  # the steps 05 restored with (InDI: chosen on validation)
-    steps = json.loads(chosen.read_text()).get(name, restore.steps) if chosen.is_file() else restore.steps
-    usage = {"sampler": restore.sampler, "steps": int(steps), "strength": restore.strength,
-             "input_px": restore.input_px, "display_unsharp_amount": settings["drr"].unsharp_amount}
+    # the steps 05 restored with (InDI: chosen on validation): DRRs' (what xrlib restore uses) and the test pairs'
+    chosen = stages.path("05_restore.chosen_steps", root=root)
+    steps = json.loads(chosen.read_text()).get(name) if chosen.is_file() else None
+    steps = steps or {"drrs": restore.steps, "test_pairs": restore.steps}
+    usage = {"sampler": restore.sampler, "steps": int(steps["drrs"]), "test_pair_steps": int(steps["test_pairs"]),
+             "strength": restore.strength, "input_px": restore.input_px,
+             "display_unsharp_amount": settings["drr"].unsharp_amount}
     return _entry("restorer", name, model, config, run, folder, root, usage, config_settings["train"])
 
 

@@ -168,8 +168,8 @@ def steps_sweep(
     Columns: pair_id, patient_id (if the manifest has it), steps, psnr_db, ssim, spectrum_distance (log-RMS
     distance of the restoration's radial spectrum to its HQ image's, decades), high_frequency_fraction, and
     the input's input_psnr_db, input_ssim, input_spectrum_distance, input_high_frequency_fraction, with
-    hq_high_frequency_fraction: the
-    perception-distortion trade-off of the step count (:func:`perception_distortion`).
+    hq_high_frequency_fraction: the perception-distortion trade-off of the step count
+    (:func:`perception_distortion`).
     Each image keeps its own seed (:func:`image_seed`) whatever the step count.
     """
     if not len(manifest):
@@ -225,6 +225,32 @@ def choose_restore_steps(sweep: pd.DataFrame) -> pd.Series:
     return pd.concat([means.loc[best], pd.Series({"steps": best, "chosen": "highest PSNR gain (none beats input)"})])
 
 
+def choose_drr_steps(sweep: pd.DataFrame, fidelity_steps: int, psnr_budget_db: float) -> pd.Series:
+    """The step count DRRs are restored with: the most steps whose mean validation PSNR stays within
+    ``psnr_budget_db`` of the fidelity choice's (``fidelity_steps``, :func:`choose_restore_steps`).
+
+    The fidelity end (one InDI step: the mean HQ image given the input) is what PSNR and SSIM reward,
+    and the paper's table measures it; a DRR has no HQ image to be faithful to, and its restoration
+    is meant to look like a radiograph, which the mean image does not (smooth lung fields). A fixed
+    PSNR budget on the validation pairs buys fine scale at a stated cost in fidelity (a point of
+    bounded distortion on the perception-distortion curve, Blau and Michaeli 2018); 0 restores DRRs with
+    ``fidelity_steps``. Only the counts of the sweep are candidates, so its largest caps the texture.
+    Returns the chosen row of the per-steps means, with ``psnr_cost_db`` (fidelity choice minus it).
+    """
+    if psnr_budget_db < 0:
+        raise ConfigError(f"restore.drr_psnr_budget_db = {psnr_budget_db}; use 0 (the fidelity end) or more dB")
+    if missing := {"steps", "psnr_db", "ssim"} - set(sweep.columns):
+        raise DataError(f"choose_drr_steps: the sweep lacks {sorted(missing)}")
+    means = sweep.groupby("steps")[["psnr_db", "ssim"]].mean()
+    if fidelity_steps not in means.index:
+        raise DataError(f"choose_drr_steps: the sweep has no row for the fidelity choice ({fidelity_steps} steps); "
+                        f"it has {sorted(means.index)}")
+    means["psnr_cost_db"] = means.psnr_db.loc[fidelity_steps] - means.psnr_db
+    within = means[(means.index >= fidelity_steps) & (means.psnr_cost_db <= psnr_budget_db + 1e-9)]
+    best = int(within.index.max()) if psnr_budget_db > 0 else int(fidelity_steps)
+    return pd.concat([means.loc[best], pd.Series({"steps": best})])
+
+
 def perception_distortion(sweep: pd.DataFrame) -> pd.DataFrame:
     """Per configuration (if the sweep has ``config``) and step count: mean PSNR and SSIM (distortion), median
     spectrum distance to the HQ images and median high-frequency fraction over the HQ images' (perception:
@@ -254,19 +280,24 @@ def validated_steps(
     steps_options: Sequence[int] | None,
     default_steps: int,
     seed: int = 0,
-) -> tuple[int, pd.DataFrame]:
-    """The step count an InDI restorer restores with: :func:`choose_restore_steps` over ``steps_options`` on the
-    validation pairs of its own generator (the pairs it was trained from); ``default_steps`` for a diffusion
-    model, without ``steps_options``, or when its generator has no validation pairs. Returns it and the sweep.
+    drr_psnr_budget_db: float = 0.0,
+) -> tuple[dict[str, int], pd.DataFrame]:
+    """The step counts an InDI restorer restores with, chosen over ``steps_options`` on the validation pairs
+    of its own generator (the pairs it was trained from): ``test_pairs`` by :func:`choose_restore_steps`
+    (the fidelity end, for the quality table) and ``drrs`` by :func:`choose_drr_steps` within
+    ``drr_psnr_budget_db`` of it. Both are ``default_steps`` for a diffusion model, without
+    ``steps_options``, or when its generator has no validation pairs. Returns them and the sweep.
     """
+    default = {"test_pairs": int(default_steps), "drrs": int(default_steps)}
     if diffusion_process(model_config["schedule"]) != "indi" or not steps_options:
-        return int(default_steps), pd.DataFrame()
+        return default, pd.DataFrame()
     data = model_config["data"]
     val_pairs = read_pairs(Path(root) / data["pairs"], data["generator"], "val")
     if not len(val_pairs):
-        return int(default_steps), pd.DataFrame()
+        return default, pd.DataFrame()
     sweep = steps_sweep(model, model_config, val_pairs, root, steps_options, seed)
-    return int(choose_restore_steps(sweep)["steps"]), sweep
+    fidelity = int(choose_restore_steps(sweep)["steps"])
+    return {"test_pairs": fidelity, "drrs": int(choose_drr_steps(sweep, fidelity, drr_psnr_budget_db)["steps"])}, sweep
 
 
 def restorer_settings(section: RestorerSettings, name: str) -> dict[str, Any]:
