@@ -123,6 +123,8 @@ def test_number_plots_draw_the_given_values():
     fig = figures.metric_distributions(table, ["psnr_db"], "method", panel="degradation")
     points = fig.axes[0].collections
     assert [sorted(c.get_offsets()[:, 1]) for c in points] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(dict.fromkeys(table.method))  # named once, below
+    assert not fig.axes[0].get_xticklabels()
 
     frequency = np.linspace(0.05, 0.5, 10)
     spectra = pd.concat([

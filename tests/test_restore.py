@@ -1,7 +1,8 @@
 """``xrlib restore``: PNG (8/16-bit, any aspect), .npy line integrals and DICOM restored with released weights."""
 
-import warnings
 import json
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -26,7 +27,8 @@ def released(tiny_run):
     """The tiny run's release in its own models/ (the project root for ``--weights released``)."""
     root, params = tiny_run
     make_release("tiny", params, root=root, models=["bicubic_baseline", "ddpm_lq"])
-    return root
+    yield root
+    shutil.rmtree(root / "models")  # the session's tiny run stays without a release for the other modules
 
 
 def ramp_image(height: int, width: int) -> np.ndarray:

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: stages run headless
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -317,7 +318,8 @@ def metric_distributions(
 ) -> plt.Figure:
     """Box plots with every point (jittered) of each metric per ``group`` value; one column per metric.
 
-    With ``panel`` (e.g. degradation), one row of panels per value of that column.
+    With ``panel`` (e.g. degradation), one row of panels per value of that column. The groups are
+    named once, in a legend below the panels (long method names would crowd each other as ticks).
     """
     labels = labels or {}
     panels = sorted(table[panel].unique()) if panel else [None]
@@ -337,11 +339,15 @@ def metric_distributions(
                 box.set(facecolor=series_colour(name), alpha=0.25, edgecolor=series_colour(name))
             for k, (name, points) in enumerate(zip(groups, values)):
                 ax.scatter(k + rng.uniform(-0.15, 0.15, points.size), points, s=6, color=series_colour(name), zorder=3)
-            ax.set_xticks(range(len(groups)), [labels.get(g, g) for g in groups], rotation=20, ha="right")
+            ax.set_xticks([])
             ax.set_ylabel(labels.get(metric, metric))
             if panel is not None:
                 ax.set_title(labels.get(panel_value, panel_value))
-    fig.tight_layout()
+    handles = [Patch(facecolor=series_colour(name), edgecolor=series_colour(name), label=labels.get(name, name)) for name in groups]
+    columns = min(len(groups), 4 if sum(len(h.get_label()) for h in handles) <= 80 else 2)  # about a row's characters
+    legend = fig.legend(handles=handles, loc="lower center", ncol=columns, frameon=False)
+    legend_rows = -(-len(groups) // columns)
+    fig.tight_layout(rect=(0, min(0.4, 0.25 * legend_rows / (2.0 * len(panels))), 1, 1))
     return fig
 
 
