@@ -140,12 +140,13 @@ written['fig9_readers_auc'] = f.save_figure(fig, 'fig9_readers_auc')
 
 # %% [markdown]
 # ## Figure 10: fidelity against fine scale, by restore steps
-# On the validation pairs 05 chose the step counts from: each restorer's mean SSIM and PSNR against the median spectrum distance of its restorations to their HQ images, through the counts of `restore.indi_steps_sweep` (0: the LQ input). Diffusion restorers take fixed steps and are not swept.
+# On the validation pairs 05 chose the step counts from: each restorer's mean SSIM and PSNR against the median spectrum distance of its restorations to their HQ images, through the counts of `restore.indi_steps_sweep` (0: the LQ input). Boxed: the count 05 restored the test pairs with (the fidelity end); starred: the DRRs' (the most steps within `restore.drr_psnr_budget_db` of it). Diffusion restorers take fixed steps and are not swept.
 
 # %%
 sweep = pd.read_csv(path('05_restore.steps_sweep'))
 if len(sweep):
-    fig = f.perception_distortion_plot(perception_distortion(sweep), labels)
+    chosen_steps = json.loads(path('05_restore.chosen_steps').read_text())
+    fig = f.perception_distortion_plot(perception_distortion(sweep), labels, chosen_steps)
     written['fig10_perception_distortion'] = f.save_figure(fig, 'fig10_perception_distortion')
 
 # %% [markdown]

@@ -157,12 +157,18 @@ def test_perception_distortion_plot_draws_each_configuration_through_its_step_co
     assert ssim_axis.lines[0].get_xydata().tolist() == [[1.5, 0.5], [1.2, 0.7], [0.4, 0.6]]  # in step order
     assert psnr_axis.lines[1].get_xydata().tolist() == [[1.5, 25.0], [1.3, 27.0]]
     assert [t.get_text() for t in ssim_axis.texts[:3]] == ["input", "1", "4"]
-    assert [t.get_text() for t in ssim_axis.get_legend().get_texts()] == ["method A", "b"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["method A", "b"]
     assert ssim_axis.lines[0].get_color() != ssim_axis.lines[1].get_color()
     with_fixed = pd.concat([table.assign(config=table.config.map({"a": "bicubic_baseline", "b": "b"})),
                             table[table.config == "b"].assign(config="c")])
     colours = [line.get_color() for line in figures.perception_distortion_plot(with_fixed).axes[0].lines]
     assert colours[0] == figures.SERIES_COLOURS["bicubic_baseline"] and len(set(colours)) == 3
+    # 05's counts: the test pairs' boxed, the DRRs' starred, on the curve's own points; a configuration without any unmarked
+    fig = figures.perception_distortion_plot(table, labels={"a": "method A"}, chosen={"a": {"test_pairs": 1, "drrs": 4}})
+    boxed, starred = [c.get_offsets().tolist() for c in fig.axes[1].collections[:2]]
+    assert boxed == [[1.2, 28.0]] and starred == [[0.4, 26.0]]
+    assert all(len(c.get_offsets()) == 0 for c in fig.axes[1].collections[2:])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["method A", "b", *(label for label, _ in figures.CHOSEN_MARKERS.values())]
 
 
 def test_roc_plot_draws_curves_on_the_unit_square():

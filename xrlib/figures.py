@@ -375,15 +375,22 @@ def spectra_plot(
     return fig
 
 
-def perception_distortion_plot(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> plt.Figure:
+CHOSEN_MARKERS = {"test_pairs": ("count for the test pairs (fidelity end)", "s"), "drrs": ("count for the DRRs", "*")}
+"""How figure 10 marks the step counts 05 restored with (label, matplotlib marker)."""
+
+
+def perception_distortion_plot(table: pd.DataFrame, labels: Mapping[str, str] | None = None,
+                               chosen: Mapping[str, Mapping[str, int]] | None = None) -> plt.Figure:
     """SSIM and PSNR (distortion) against the spectrum distance to the HQ images (perception), one line per
     configuration through its step counts, each point labelled with its count (0: the LQ input).
 
     ``table``: config, steps, ssim, psnr_db, spectrum_distance (:func:`xrlib.models.restorer.perception_distortion`).
-    The ideal corner is top left: the HQ image's fine scale at full fidelity (Blau and Michaeli, CVPR 2018).
+    ``chosen``: per configuration, the counts 05 restored with (``chosen_steps.json``: ``test_pairs``, ``drrs``),
+    boxed (test pairs) and starred (DRRs). The ideal corner is top left: the HQ image's fine scale at full
+    fidelity (Blau and Michaeli, CVPR 2018).
     """
     labels = labels or {}
-    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN["double"], 2.8))
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN["double"], 3.4))
     configs = list(dict.fromkeys(table["config"].astype(str)))
     fixed = {config: SERIES_COLOURS[config] for config in configs if config in SERIES_COLOURS}
     free = iter([colour for colour in OKABE_ITO if colour not in fixed.values()] * len(configs))
@@ -395,10 +402,18 @@ def perception_distortion_plot(table: pd.DataFrame, labels: Mapping[str, str] | 
             for row in curve.itertuples():
                 ax.annotate("input" if row.steps == 0 else f"{row.steps:g}", (row.spectrum_distance, getattr(row, metric)),
                             textcoords="offset points", xytext=(3, 3), fontsize=7)
+            for use, (_, symbol) in CHOSEN_MARKERS.items():
+                point = curve[curve["steps"] == (chosen or {}).get(str(config), {}).get(use)]
+                ax.scatter(point["spectrum_distance"], point[metric], marker=symbol, s=110, facecolors="none",
+                           edgecolors="black", linewidths=0.9, zorder=4)
         ax.set_xlabel("spectrum distance to HQ (decades)")
         ax.set_ylabel(f"{name}, validation pairs")
-    axes[0].legend(frameon=False, fontsize=7)
-    fig.tight_layout()
+    handles = axes[0].get_lines()[:len(configs)]
+    if chosen:
+        handles += [plt.Line2D([], [], linestyle="none", marker=symbol, markersize=9, markerfacecolor="none",
+                               markeredgecolor="black", label=label) for label, symbol in CHOSEN_MARKERS.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=7)  # below: the curves fill the panels
+    fig.tight_layout(rect=(0, 0.075 * -(-len(handles) // 3), 1, 1))
     return fig
 
 
