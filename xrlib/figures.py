@@ -345,7 +345,7 @@ def metric_distributions(
                 ax.set_title(labels.get(panel_value, panel_value))
     handles = [Patch(facecolor=series_colour(name), edgecolor=series_colour(name), label=labels.get(name, name)) for name in groups]
     columns = min(len(groups), 4 if sum(len(h.get_label()) for h in handles) <= 80 else 2)  # about a row's characters
-    legend = fig.legend(handles=handles, loc="lower center", ncol=columns, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=columns, frameon=False)
     legend_rows = -(-len(groups) // columns)
     fig.tight_layout(rect=(0, min(0.4, 0.25 * legend_rows / (2.0 * len(panels))), 1, 1))
     return fig

@@ -18,7 +18,9 @@ point, so the restorer's formulation is the pipeline's) at ``scale`` times that 
 process (InDI: ``steps`` steps from the input; diffusion: ``sampler`` in ``steps`` steps, ``strength``),
 seed (and the image's own seed, from the seed and the stem, so an output does not depend on the
 other inputs), input file SHA-256, and the input, restorer-input and output sizes. Steps and sampler
-default to those 05_restore used (the release records them; InDI steps as 05 chose them on validation pairs).
+default to those 05_restore restored DRRs with (the release records them; InDI steps as 05 chose them on
+validation pairs for DRRs, ``usage.test_pair_steps`` being the quality table's). A bare weights file records
+none: it takes 20 steps at each input's own size unless told, with a warning.
 Images of one size are batched (a batch of ``batch_size``, default 8 on a GPU and 1 on a CPU).
 """
 
