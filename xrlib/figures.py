@@ -399,9 +399,9 @@ def perception_distortion_plot(table: pd.DataFrame, labels: Mapping[str, str] | 
         for config, curve in table.sort_values("steps").groupby("config", sort=False):
             ax.plot(curve["spectrum_distance"], curve[metric], marker="o", ms=4, color=colours[str(config)],
                     label=labels.get(config, config))
-            for row in curve.itertuples():
+            for row in curve.itertuples():  # even counts below their point, odd above: neighbours on a flat curve stay apart
                 ax.annotate("input" if row.steps == 0 else f"{row.steps:g}", (row.spectrum_distance, getattr(row, metric)),
-                            textcoords="offset points", xytext=(3, 3), fontsize=7)
+                            textcoords="offset points", xytext=(3, -10 if row.steps % 2 == 0 and row.steps else 3), fontsize=7)
             for use, (_, symbol) in CHOSEN_MARKERS.items():
                 point = curve[curve["steps"] == (chosen or {}).get(str(config), {}).get(use)]
                 ax.scatter(point["spectrum_distance"], point[metric], marker=symbol, s=110, facecolors="none",
