@@ -313,6 +313,14 @@ def _row_title(ax: plt.Axes, title: str, min_fontsize: float = 6.0) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def legend_below(fig: plt.Figure, handles: Sequence, columns: int, row_height_in: float, **legend_kwargs) -> None:
+    """One legend for the whole figure under its panels, and the panels laid out above it
+    (``row_height_in`` inches per legend row, at most 40 % of the figure)."""
+    fig.legend(handles=handles, loc="lower center", ncol=columns, frameon=False, **legend_kwargs)
+    rows = -(-len(handles) // columns)
+    fig.tight_layout(rect=(0, min(0.4, row_height_in * rows / fig.get_figheight()), 1, 1))
+
+
 def metric_distributions(
     table: pd.DataFrame, metrics: Sequence[str], group: str, panel: str | None = None, labels: Mapping[str, str] | None = None
 ) -> plt.Figure:
@@ -345,9 +353,7 @@ def metric_distributions(
                 ax.set_title(labels.get(panel_value, panel_value))
     handles = [Patch(facecolor=series_colour(name), edgecolor=series_colour(name), label=labels.get(name, name)) for name in groups]
     columns = min(len(groups), 4 if sum(len(h.get_label()) for h in handles) <= 80 else 2)  # about a row's characters
-    fig.legend(handles=handles, loc="lower center", ncol=columns, frameon=False)
-    legend_rows = -(-len(groups) // columns)
-    fig.tight_layout(rect=(0, min(0.4, 0.25 * legend_rows / (2.0 * len(panels))), 1, 1))
+    legend_below(fig, handles, columns, row_height_in=0.25)
     return fig
 
 
@@ -412,8 +418,7 @@ def perception_distortion_plot(table: pd.DataFrame, labels: Mapping[str, str] | 
     if chosen:
         handles += [plt.Line2D([], [], linestyle="none", marker=symbol, markersize=9, markerfacecolor="none",
                                markeredgecolor="black", label=label) for label, symbol in CHOSEN_MARKERS.values()]
-    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=7)  # below: the curves fill the panels
-    fig.tight_layout(rect=(0, 0.075 * -(-len(handles) // 3), 1, 1))
+    legend_below(fig, handles, 3, row_height_in=0.25, fontsize=7)  # below: the curves fill the panels
     return fig
 
 

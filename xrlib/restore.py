@@ -138,6 +138,8 @@ class Restorer:
     sha256: str
     source: str
     usage: dict[str, Any]
+    usage_recorded: bool = True
+    """False for a bare weights file: ``usage`` is :data:`DEFAULT_USAGE`, not what its run restored with."""
 
 
 def check_restorer_config(path: Path, config: Mapping[str, Any]) -> None:
@@ -166,7 +168,7 @@ def load_restorer(weights: str = "released", device: str | torch.device = "cpu",
             raise CheckpointError(f"{path}: no such weights file; give a restorer's .safetensors, a release folder, or 'released'")
         check_restorer_config(path, read_config(path))
         model, config = load_model(path, device=device)
-        return Restorer(model, config, sha256_file(path), str(path), {**DEFAULT_USAGE, "from_file": True})
+        return Restorer(model, config, sha256_file(path), str(path), dict(DEFAULT_USAGE), usage_recorded=False)
     model, config, entry = load_released(name, folder, device)
     check_restorer_config(folder / entry["file"], config)
     return Restorer(model, config, entry["sha256"], f"{folder.name}/{entry['file']}", {**DEFAULT_USAGE, **entry.get("usage", {})})
@@ -221,7 +223,7 @@ def restore_paths(
     where = pick_device(device)
     restorer = load_restorer(weights, where, root)
     usage = restorer.usage
-    if usage.get("from_file") and (steps is None or input_px is None):
+    if not restorer.usage_recorded and (steps is None or input_px is None):
         defaults = ([f"--steps {usage['steps']}"] if steps is None else []) + (["each input at its own size"] if input_px is None else [])
         warnings.warn(f"{restorer.source}: a weights file records no sampling settings; using {' and '.join(defaults)}. "
                       "Pass what its run used (its outputs/05_restore/chosen_steps.json and restore.input_px) "
