@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from xrlib.errors import ConfigError, DataError
-from xrlib.models.restorer import choose_drr_steps, choose_restore_steps, perception_distortion, restore, restore_condition
+from xrlib.models.restorer import (air_outside_body, choose_drr_steps, choose_restore_steps, perception_distortion, restore,
+                                   restore_condition)
 from xrlib.models.sampling import diffusion_process, indi_loss, indi_restore, to_diffusion_space
 from xrlib.models.unet import diffusion_loss_fn
 from xrlib.params import check_params, load_params
@@ -65,6 +66,35 @@ def test_a_zero_residual_gives_back_the_upsampled_input():
     restored = restore(zero, {"unet": {"block_out_channels": [8, 16]}, "schedule": INDI, "scale": 2}, lq, steps=4)
     upsampled = torch.nn.functional.interpolate(lq, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
     torch.testing.assert_close(restored, upsampled, atol=1e-6, rtol=0)
+
+
+def chest_on_air(side=16):
+    """A DRR-like (1, 1, side, side) image: a grey body on exact black air, with a black hole inside the body."""
+    image = torch.zeros(1, 1, side, side)
+    image[..., 4:12, 3:13] = 0.5
+    image[..., 7:9, 7:9] = 0.0
+    return image
+
+
+def test_air_is_the_black_connected_to_the_border_not_a_black_hole_inside_the_body():
+    air = air_outside_body(chest_on_air())[0, 0]
+    expected = torch.ones(16, 16, dtype=torch.bool)
+    expected[4:12, 3:13] = False
+    assert torch.equal(air, expected)
+    assert not air_outside_body(torch.full((2, 1, 8, 8), 0.3)).any()
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_restoration_leaves_the_air_around_the_patient_black_and_restores_the_rest(steps):
+    brighten = BridgeDenoiser(lambda x_t, t, c: torch.full_like(x_t, 2.0))  # residual 2 x 0.1 in [-1, 1]: +0.1 in [0, 1]
+    lq = chest_on_air()
+    restored = restore(brighten, {"unet": {"block_out_channels": [8, 16]}, "schedule": INDI, "scale": 2}, lq, steps=steps)
+    air = torch.nn.functional.interpolate(air_outside_body(lq).float(), scale_factor=2, mode="nearest").bool()
+    assert restored.shape == (1, 1, 32, 32) and air.sum() == 32 * 32 - 16 * 20
+    assert torch.all(restored[air] == 0)
+    upsampled = torch.nn.functional.interpolate(lq, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+    torch.testing.assert_close(restored[~air], (upsampled + 0.1).clamp(0, 1)[~air], atol=1e-5, rtol=0)
+    assert torch.all(restored[0, 0, 15:17, 15:17] > 0.05)  # the black hole inside the body is restored
 
 
 def gaussian_posterior_mean(data_std, noise_std):

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from xrlib.errors import ConfigError, DataError
 from xrlib.eval.quality import psnr_db, ssim
@@ -52,6 +53,21 @@ def make_condition(lq_image: torch.Tensor, scale: int, mask: torch.Tensor | None
     if mask is not None:
         condition = torch.cat([condition, to_model_range(mask.to(condition))], dim=1)
     return condition
+
+
+def air_outside_body(images: torch.Tensor) -> torch.Tensor:
+    """Where (B, 1, H, W) radiographs in [0, 1] show the air around the patient: black pixels (0) connected to the border.
+
+    A DRR's air is exactly black (nothing attenuates the rays there); a film's black border is too. Black
+    pixels enclosed by the body (a clipped lung pixel) are not air.
+    """
+    black = (images <= 0).cpu().numpy()
+    air = np.zeros_like(black)
+    for index, image in enumerate(black[:, 0]):
+        labels, _ = ndimage.label(image)
+        touching = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        air[index, 0] = np.isin(labels, touching[touching > 0])
+    return torch.from_numpy(air).to(images.device)
 
 
 @torch.no_grad()
@@ -98,11 +114,17 @@ def restore(
     mask: torch.Tensor | None = None,
     strength: float = 1.0,
 ) -> torch.Tensor:
-    """Restore LQ images (B, 1, h, w) in [0, 1] of any size into (B, 1, scale*h, scale*w) in [0, 1] (see :func:`restore_condition`)."""
-    condition = make_condition(lq_image, int(model_config["scale"]), mask)
+    """Restore LQ images (B, 1, h, w) in [0, 1] of any size into (B, 1, scale*h, scale*w) in [0, 1] (see :func:`restore_condition`).
+
+    The air around the patient (:func:`air_outside_body` of the input) stays black: the restorer has
+    nothing to restore there, and its sampled steps would draw texture into it.
+    """
+    scale = int(model_config["scale"])
+    condition = make_condition(lq_image, scale, mask)
     padded, (height, width) = pad_to_multiple(condition, downsampling_factor(model_config["unet"]))
-    restored = restore_condition(model, model_config, padded, sampler, steps, generator, strength)
-    return from_model_range(restored[..., :height, :width])
+    restored = from_model_range(restore_condition(model, model_config, padded, sampler, steps, generator, strength)[..., :height, :width])
+    air = F.interpolate(air_outside_body(lq_image).float(), scale_factor=scale, mode="nearest").bool()
+    return restored.masked_fill(air.to(restored.device), 0.0)
 
 
 def image_seed(seed: int, image_id: str) -> int:
