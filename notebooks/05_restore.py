@@ -95,10 +95,10 @@ restored, test_tables = {}, {}
 for name, (model, model_config) in models.items():
     drr_steps = steps_by_config[name]["drrs"]
     restored[name] = restore_files(model, model_config, drr_paths, path("05_restore.restored_drr", config=name).parent, cfg.sampler, drr_steps,
-                                   cfg.batch_size, cfg.seed, cfg.input_px, cfg.strength)
+                                   cfg.batch_size, cfg.seed, cfg.input_px, cfg.strength, keep_air=True)
     # the same DRRs without their nodules, with the same per-image seeds: signal-absent images for 07's readers
     restore_files(model, model_config, nodule_free_paths, path("05_restore.restored_drr_nodule_free", config=name).parent,
-                 cfg.sampler, drr_steps, cfg.batch_size, cfg.seed, cfg.input_px, cfg.strength)
+                 cfg.sampler, drr_steps, cfg.batch_size, cfg.seed, cfg.input_px, cfg.strength, keep_air=True)
     test_pairs = read_pairs(root / model_config["data"]["pairs"], split="test")
     test_pairs = test_pairs[test_pairs.generator.isin(cfg.test_inputs[name])]
     test_tables[name] = restore_test_pairs(model, model_config, test_pairs, root, path("05_restore.restored_test", config=name).parent,

@@ -86,6 +86,16 @@ def test_same_seed_same_output_whatever_the_other_inputs(released, tmp_path):
     assert other[0]["seed"] == 1
 
 
+def test_the_air_around_a_drr_stays_black(released, tmp_path):
+    drr = np.zeros((32, 32), np.float32)
+    drr[6:26, 8:24] = ramp_image(20, 16)  # a body on black air
+    save_png16(tmp_path / "drr.png", drr)
+    restore_paths([tmp_path / "drr.png"], tmp_path / "out", root=released, device="cpu", progress=False, steps=4)
+    restored = load_png(tmp_path / "out" / "drr.png")
+    assert np.all(restored[:10] == 0) and np.all(restored[:, :14] == 0)  # the air, at the output's 64 px
+    assert restored[14:50, 18:46].min() > 0.05 and correlation(restored[16:48, 20:44], np.kron(drr[8:24, 10:22], np.ones((2, 2)))) > 0.9
+
+
 def test_grey_stored_as_rgb_is_accepted_and_colour_refused(released, tmp_path):
     grey = (ramp_image(32, 32) * 255).round().astype(np.uint8)
     Image.fromarray(grey).save(tmp_path / "grey.png")

@@ -247,7 +247,8 @@ def restore_paths(
                 batch = torch.cat([inputs[s]["image"] for s in chunk]).to(where)
                 seeds = [image_seed(seed, s) for s in chunk]
                 generators = [torch.Generator(device=where).manual_seed(s) for s in seeds]
-                restored = restore(restorer.model, restorer.config, batch, sampler, steps, generators, strength=strength)
+                restored = restore(restorer.model, restorer.config, batch, sampler, steps, generators, strength=strength,
+                                   keep_air=True)
                 for stem, image, own_seed in zip(chunk, restored.float().cpu().numpy(), seeds):
                     item = inputs[stem]
                     written = save_png16(out_dir / f"{stem}.png", image[0])

@@ -113,16 +113,21 @@ def restore(
     generator: torch.Generator | list[torch.Generator] | None = None,
     mask: torch.Tensor | None = None,
     strength: float = 1.0,
+    keep_air: bool = False,
 ) -> torch.Tensor:
     """Restore LQ images (B, 1, h, w) in [0, 1] of any size into (B, 1, scale*h, scale*w) in [0, 1] (see :func:`restore_condition`).
 
-    The air around the patient (:func:`air_outside_body` of the input) stays black: the restorer has
-    nothing to restore there, and its sampled steps would draw texture into it.
+    ``keep_air``: the air around the patient (:func:`air_outside_body` of the input) stays black. For DRRs,
+    whose air is black by construction (zero attenuation) and holds nothing to restore: sampled steps would
+    draw texture into it. Off for a generator's twins, which can carry black border artefacts where their
+    HQ image is grey (DDPM-LQ's corners), and which the restorer should restore like any other pixel.
     """
     scale = int(model_config["scale"])
     condition = make_condition(lq_image, scale, mask)
     padded, (height, width) = pad_to_multiple(condition, downsampling_factor(model_config["unet"]))
     restored = from_model_range(restore_condition(model, model_config, padded, sampler, steps, generator, strength)[..., :height, :width])
+    if not keep_air:
+        return restored
     air = F.interpolate(air_outside_body(lq_image).float(), scale_factor=scale, mode="nearest").bool()
     return restored.masked_fill(air.to(restored.device), 0.0)
 
@@ -143,11 +148,13 @@ def restore_files(
     seed: int = 0,
     input_px: int | None = None,
     strength: float = 1.0,
+    keep_air: bool = False,
 ) -> dict[str, Path]:
     """Restore the PNGs ``inputs`` (id -> path) into ``output_dir/<id>.png`` (16-bit); return id -> output path.
 
     Images of equal size are batched. With ``input_px`` each input is first resized (antialiased)
-    so that its longer side is ``input_px``; otherwise it is restored at its own size.
+    so that its longer side is ``input_px``; otherwise it is restored at its own size. ``keep_air``: see
+    :func:`restore` (on for DRRs).
     """
     device = next(model.parameters()).device
     loaded: dict[str, torch.Tensor] = {}
@@ -167,7 +174,7 @@ def restore_files(
             chunk = ids[start:start + batch_size]
             batch = torch.cat([loaded[i] for i in chunk]).to(device)
             generators = [torch.Generator(device=device).manual_seed(image_seed(seed, i)) for i in chunk]
-            restored = restore(model, model_config, batch, sampler, steps, generators, strength=strength)
+            restored = restore(model, model_config, batch, sampler, steps, generators, strength=strength, keep_air=keep_air)
             for image_id, image in zip(chunk, restored.cpu().numpy()):
                 written[image_id] = save_png16(Path(output_dir) / f"{image_id}.png", image[0])
             bar.update(len(chunk))
